@@ -22,18 +22,25 @@ CASES = {  # network -> [(layer, unit, captum module path, captum neuron selecto
 BUILD = {"AlexNet": AlexNet, "Resnet18": Resnet18}
 
 
+@pytest.mark.parametrize("channels_last", [None, False])
 @pytest.mark.parametrize("net", list(CASES))
-def test_vanilla_and_guided_match_captum(net):
+def test_vanilla_and_guided_match_captum(net, channels_last):
+    """Same definition, same float32 arithmetic: captum gets the input in the layout
+    dnnbrain's passes use (channels-last on the CPU by default, or kept as given)."""
     torch.manual_seed(0)
     dnn = BUILD[net](pretrained=False)
     x = torch.randn(2, 3, 224, 224)
+    x_ref = x if channels_last is False else x.contiguous(memory_format=torch.channels_last)
     for layer, unit, path, selector in CASES[net]:
         module = dnn.model.get_submodule(path)
         for ours, theirs in ((VanillaSaliencyImage, captum.NeuronGradient),
                              (GuidedSaliencyImage, captum.NeuronGuidedBackprop)):
-            got = ours(dnn, layer, unit).backprop(x, preprocessed=True)
-            ref = theirs(dnn.model, module).attribute(x, neuron_selector=selector)
+            method = ours(dnn, layer, unit)
+            method.channels_last = channels_last
+            got = method.backprop(x, preprocessed=True)
+            ref = theirs(dnn.model, module).attribute(x_ref, neuron_selector=selector)
             ref = ref.detach().numpy()
+            assert got.flags.c_contiguous
             assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max(), (net, layer, ours)
 
 

@@ -38,6 +38,11 @@ class NetSpec:
         Per-channel normalisation applied after scaling pixels to 0..1.
     drop_aux : bool
         Remove auxiliary classifiers after loading (GoogLeNet, Inception v3).
+    stem : str or None
+        Layer name or dotted module path of the network's *affine stem*: the last module
+        whose output, in eval mode, is still an affine function of the input (the first
+        convolution, its batch norm; GoogLeNet's and Inception's input transform
+        included). See :attr:`dnnbrain.dnn.models.DNN.stem`.
     """
 
     name: str
@@ -50,6 +55,7 @@ class NetSpec:
     std: Tuple[float, ...] = IMAGENET_STD
     builder_kwargs: Dict[str, object] = field(default_factory=dict)
     drop_aux: bool = False
+    stem: Optional[str] = None
 
 
 def _seq(prefix: str, names: Sequence[str], start: int = 0) -> List[Tuple[str, str]]:
@@ -140,32 +146,34 @@ SHAPENET_LAYERS = [
 SHAPENET_CLASSES = ["circle", "square", "triangle", "star"]
 
 NETWORKS: Dict[str, NetSpec] = {s.name.lower(): s for s in [
-    NetSpec("AlexNet", "alexnet", _ALEXNET, "alexnet.pth", "AlexNet_Weights.IMAGENET1K_V1"),
+    NetSpec("AlexNet", "alexnet", _ALEXNET, "alexnet.pth", "AlexNet_Weights.IMAGENET1K_V1",
+            stem="conv1"),
     NetSpec("Vgg11", "vgg11", _vgg(_VGG_CFG[11], False), "vgg11.pth",
-            "VGG11_Weights.IMAGENET1K_V1"),
+            "VGG11_Weights.IMAGENET1K_V1", stem="conv1"),
     NetSpec("Vgg16", "vgg16", _vgg(_VGG_CFG[16], False), "vgg16.pth",
-            "VGG16_Weights.IMAGENET1K_V1"),
+            "VGG16_Weights.IMAGENET1K_V1", stem="conv1_1"),
     NetSpec("Vgg19", "vgg19", _vgg(_VGG_CFG[19], False), "vgg19.pth",
-            "VGG19_Weights.IMAGENET1K_V1"),
+            "VGG19_Weights.IMAGENET1K_V1", stem="conv1_1"),
     NetSpec("Vgg19_bn", "vgg19_bn", _vgg(_VGG_CFG[19], True), "vgg19_bn.pth",
-            "VGG19_BN_Weights.IMAGENET1K_V1"),
+            "VGG19_BN_Weights.IMAGENET1K_V1", stem="conv1_1_bn"),
     NetSpec("Googlenet", "googlenet", _GOOGLENET, "googlenet.pth",
             "GoogLeNet_Weights.IMAGENET1K_V1",
             builder_kwargs={"aux_logits": True, "transform_input": True,
-                            "init_weights": False}, drop_aux=True),
+                            "init_weights": False}, drop_aux=True, stem="conv1.bn"),
     NetSpec("Resnet18", "resnet18", _resnet([2, 2, 2, 2]), "resnet18.pth",
-            "ResNet18_Weights.IMAGENET1K_V1"),
+            "ResNet18_Weights.IMAGENET1K_V1", stem="conv1_bn"),
     NetSpec("Resnet50", "resnet50", _resnet([3, 4, 6, 3]), "resnet50.pth",
-            "ResNet50_Weights.IMAGENET1K_V1"),
+            "ResNet50_Weights.IMAGENET1K_V1", stem="conv1_bn"),
     NetSpec("Resnet152", "resnet152", _resnet([3, 8, 36, 3]), "resnet152.pth",
-            "ResNet152_Weights.IMAGENET1K_V1"),
+            "ResNet152_Weights.IMAGENET1K_V1", stem="conv1_bn"),
     NetSpec("InceptionV3", "inception_v3", _INCEPTION, "inception_v3.pth",
             "Inception_V3_Weights.IMAGENET1K_V1", img_size=299,
             builder_kwargs={"aux_logits": True, "transform_input": True,
-                            "init_weights": False}, drop_aux=True),
+                            "init_weights": False}, drop_aux=True,
+            stem="Conv2d_1a_3x3.bn"),
     NetSpec("ShapeNet", "dnnbrain.demo", {n: n for n in SHAPENET_LAYERS}, "shapenet.pth",
             None, img_size=64,
-            mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+            mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), stem="conv1"),
 ]}
 
 

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import DNN
+from .budget import Budget
 from .engine import SaliencyImage
+from .passes import perturbed_scores
 from .checks import no_to_layer
 from .target import Unit, static_size
 
@@ -30,9 +32,10 @@ class _CAM(SaliencyImage):
     weighted sum of its channels, the ReLU and the upsampling. Not a method itself."""
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
-                 batch_size: int = 32, *, cam_layer: Optional[str] = None, relu: bool = True,
-                 upsample: bool = True) -> None:
-        super().__init__(dnn, from_layer, from_chn, batch_size)
+                 batch_size: Optional[int] = None, *, cam_layer: Optional[str] = None,
+                 relu: bool = True, upsample: bool = True, memory_budget: Budget = None
+                 ) -> None:
+        super().__init__(dnn, from_layer, from_chn, batch_size, memory_budget)
         if cam_layer is not None:
             if not isinstance(cam_layer, str):
                 raise TypeError(f"`cam_layer` must be a str or None, got "
@@ -259,6 +262,6 @@ class ScoreCAM(_CAM):
             mask = torch.where(span > 0, (mask - lo) / torch.where(span > 0, span, 1.0), 0.0)
             return x[row] * mask
 
-        scores = self.perturbed_scores(x, units, c, masked)
+        scores = perturbed_scores(self, x, units, c, masked)
         weights = torch.softmax(scores, dim=1).to(act.dtype)
         return self._finish(weights, act, x)

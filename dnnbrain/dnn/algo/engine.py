@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from contextlib import nullcontext
 import logging
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 
 from ..base import to_input
 from ..models import DNN
+from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
 from .relu import relu_override
 from .target import REDUCE, Unit, check_units, resolve_predicted, select, static_size
 
@@ -54,8 +55,23 @@ class SaliencyImage:
         Target layer; with ``from_chn`` the same as calling :meth:`set_layer`.
     from_chn : unit or list of units or None
         Target unit(s), counted from 1 (see :mod:`dnnbrain.dnn.algo.target`).
-    batch_size : int
-        Rows (image x unit x sample) per forward/backward pass.
+    batch_size : int or None
+        Rows (image x unit x sample) per forward/backward pass; None: 32, or with a
+        ``memory_budget`` as many as fit.
+    memory_budget : int, str or None
+        Bytes (or ``'512MiB'``, ``'2GB'`` ...) the gradient passes of one call may use
+        beyond the model itself: rows per pass are then the most that fit (at most
+        ``batch_size`` when it is given), estimated from what autograd saves for one row
+        (see :mod:`dnnbrain.dnn.algo.budget`). Perturbation methods (occlusion,
+        Score-CAM) keep ``batch_size``.
+
+    Attributes
+    ----------
+    channels_last : bool or None
+        Memory layout of 4-D inputs in the passes: None (default) channels-last on the
+        CPU, where oneDNN's convolutions and pooling run 10-40 % faster on it, and as
+        given on other devices; False keeps the input's layout. The model is not touched
+        and maps come back in the usual layout; values agree to float32 rounding.
 
     Notes
     -----
@@ -72,16 +88,21 @@ class SaliencyImage:
     #: The method computes several units of one image from shared passes (perturbation
     #: methods): each call then gets whole images, all their units, one row per unit.
     shares_units: bool = False
+    channels_last: Optional[bool] = None
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
-                 batch_size: int = 32) -> None:
+                 batch_size: Optional[int] = None, memory_budget: Budget = None) -> None:
         if not isinstance(dnn, DNN):
             raise TypeError(f"`dnn` must be a dnnbrain DNN (wrap a module with DNN(model)), "
                             f"got {type(dnn).__name__}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
         self.dnn = dnn
-        self.batch_size = batch_size
+        self.batch_size = 32 if batch_size is None else batch_size
+        self._capped = batch_size is not None
+        self.memory_budget = parse_budget(memory_budget)
+        self._costs: dict = {}
+        self._outputs = 0  # maps the running call returns (memory budget)
         self.layer: Optional[str] = None
         self.units: List[Unit] = []
         self._many = False
@@ -180,14 +201,26 @@ class SaliencyImage:
                                             int(torch.randint(2**31, (1,)).item()))
         # One noise pattern per sample, shared by every image: maps do not depend on batch
         # composition, so a batch equals the images one by one.
-        noise = torch.randn((n_iter,) + tuple(x.shape[1:]), generator=gen).to(self.dnn.device)
+        noise = self._layout(torch.randn((n_iter,) + tuple(x.shape[1:]), generator=gen)
+                             .to(self.dnn.device))
+
+        from .passes import gradient_sums  # passes builds on this module
+        # the mean of plain gradient maps: a weighted gradient sum (see passes)
+        summed = mode == "mean" and to_layer is None and \
+            type(self)._attribute is SaliencyImage._attribute
+        mean = torch.full((n_iter,), 1.0 / n_iter, dtype=x.dtype, device=x.device)
 
         def smooth(xb: torch.Tensor, ub: List[Unit]) -> torch.Tensor:
             ub = self.fixed_units(xb, ub)  # 'predicted' on the clean image, not each copy
             span = (xb.flatten(1).amax(1) - xb.flatten(1).amin(1)) * sigma_multiplier
+            if summed:
+                def make(i: int, k0: int, k1: int, out: torch.Tensor) -> torch.Tensor:
+                    return torch.addcmul(xb[i], noise[k0:k1], span[i], out=out)
+                return gradient_sums(self, xb, ub, n_iter, make, mean, self.relu_mode)
             noisy = xb[:, None] + noise[None] * span.view(-1, 1, *[1] * (xb.ndim - 1))
             rows, urows = noisy.flatten(0, 1), [u for u in ub for _ in range(n_iter)]
-            step = max(1, self.batch_size // self.rows_per_map)
+            step = max(1, self.rows_per_pass(rows, urows, to_layer, images=len(xb))
+                       // self.rows_per_map)
             maps = torch.cat([self._attribute(rows[i:i + step], urows[i:i + step], to_layer)
                               for i in range(0, len(rows), step)])
             maps = maps.unflatten(0, (len(xb), n_iter))
@@ -202,8 +235,8 @@ class SaliencyImage:
 
     def gradient(self, x: torch.Tensor, units: Sequence[Unit],
                  to_layer: Optional[str] = None, relu_mode: Optional[str] = None,
-                 at_output: Optional[str] = None,
-                 create_graph: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                 at_output: Optional[str] = None, create_graph: bool = False,
+                 weights: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Gradient of each row's unit w.r.t. the network input, ``to_layer``'s input, or
         ``at_output``'s output.
 
@@ -221,6 +254,8 @@ class SaliencyImage:
             Differentiate w.r.t. this layer's output (CAM methods); not with ``to_layer``.
         create_graph : bool
             Keep the graph of the gradient (for second derivatives).
+        weights : torch.Tensor or None
+            ``(B,)`` factor on each row's score, hence on its gradient.
 
         Returns
         -------
@@ -236,7 +271,8 @@ class SaliencyImage:
                 torch.enable_grad():
             # with an inner leaf, nothing before it needs a graph: forward without one, the
             # leaf's hook switches recording on (no_grad's exit restores the mode)
-            xg = x.detach() if inner else x.detach().requires_grad_(True)
+            xg = self._layout(x.detach())
+            xg = xg if inner else xg.requires_grad_(True)
             with relu_override(relu_mode), (torch.no_grad() if inner else nullcontext()):
                 self._forward(xg)
             out = self._target_output(cap)
@@ -249,8 +285,60 @@ class SaliencyImage:
                                          f"layer {self.layer!r}")
                     wrt = cap[key]
             score = select(out, units, self.layer, self.reduce)
+            if weights is not None:
+                score = score * weights.to(score.dtype)
             (grad,) = torch.autograd.grad(score.sum(), wrt, create_graph=create_graph)
         return grad, wrt.detach()
+
+    def summed_leaf(self) -> Optional[str]:
+        """Where to differentiate when the input gradients of many inputs of one image
+        are only summed (:func:`dnnbrain.dnn.algo.passes.gradient_sums`): the affine stem
+        (``dnn.stem``) when the target runs after it, else None (the input itself). Sum
+        the gradients there, then call :meth:`stem_backward` once per image."""
+        return self.dnn.stem if self.layer is not None and \
+            self.dnn.after_stem(self.layer) else None
+
+    def stem_backward(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Input gradient ``(B, 3, H, W)`` for a gradient ``grad`` at the stem's output.
+
+        The stem is affine, so its Jacobian is the same at every input: one backward at
+        ``x`` (``(B, 3, H, W)``, one row per row of ``grad``) serves a sum of gradients
+        taken at any inputs, ``J^T sum_k g_k = sum_k J^T g_k``.
+        """
+        with self._hooks(target=self.dnn.stem) as cap, torch.enable_grad():
+            xg = self._layout(x.detach()).requires_grad_(True)
+            self._forward(xg)
+            (out,) = torch.autograd.grad(self._target_output(cap), xg, grad)
+        return out
+
+    def rows_per_pass(self, x: torch.Tensor, units: Sequence[Unit],
+                      to_layer: Optional[str] = None, at_output: Optional[str] = None,
+                      images: int = 0) -> int:
+        """Rows per gradient pass: ``batch_size``, or with a ``memory_budget`` the most
+        rows of ``x``'s shape that fit (at most ``batch_size`` when it was given).
+
+        The cost of a row is measured once per input shape and leaf by a one-row probe
+        (:func:`dnnbrain.dnn.algo.budget.probe_row_bytes`, with ``to_layer`` /
+        ``at_output`` as in :meth:`gradient`). Six input-sized buffers per image of the
+        pass's caller (``images``: path ends, sums) and four per map of the whole call
+        (the maps, their concatenation and copies) are set aside first.
+        """
+        if self.memory_budget is None:
+            return self.batch_size
+        key = (tuple(x.shape[1:]), x.dtype, x.device, self.layer, self.reduce, to_layer,
+               at_output, self.relu_mode, self._layout(x[:1]).is_contiguous())
+        cost: Optional[RowCost] = self._costs.get(key)
+        if cost is None:
+            row, unit = x[:1], list(units[:1])
+            cost = probe_row_bytes(
+                self.dnn.model, lambda: self.gradient(row, unit, to_layer, self.relu_mode,
+                                                      at_output)[0],
+                row.numel() * row.element_size())
+            self._costs[key] = cost
+        fixed = (6 * images + 4 * self._outputs) * cost.input
+        rows = rows_within(self.memory_budget, cost, fixed,
+                           f"{type(self).__name__} at {self.layer!r}")
+        return min(rows, self.batch_size) if self._capped else rows
 
     def activation(self, x: torch.Tensor, units: Sequence[Unit]) -> torch.Tensor:
         """Scores ``(B,)`` of each row's unit, without gradients (forward stops at the layer)."""
@@ -266,52 +354,6 @@ class SaliencyImage:
             if "output" not in cap:
                 raise ValueError(f"layer {layer!r} did not run in the forward pass")
             return cap["output"]
-
-    def perturbed_scores(self, x: torch.Tensor, units: Sequence[Unit], n_items: int,
-                                          make: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-                         ) -> torch.Tensor:
-        """Target scores of perturbed copies, without gradients, shared across units.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            ``(B, 3, H, W)`` rows; consecutive rows holding the same image (its units)
-            share every forward pass.
-        units : sequence of units
-            One per row, 'predicted' already fixed.
-        n_items : int
-            Perturbations per image (occlusion windows, Score-CAM channels ...).
-        make : callable
-            ``make(row, item)`` -> the perturbed inputs ``(K, 3, H, W)`` for the pairs
-            ``(x[row[q]], item[q])``; ``row`` indexes only the first row of each image.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(B, n_items)`` score of each row's unit for each perturbation of its image;
-            ``batch_size`` perturbed copies per forward pass.
-        """
-        b = len(x)
-        first = [0] + [i for i in range(1, b) if not torch.equal(x[i], x[i - 1])]
-        owner = torch.zeros(b, dtype=torch.long)
-        owner[first[1:]] = 1
-        owner = owner.cumsum(0).tolist()
-        slots = [[r for r in range(b) if owner[r] == g] for g in range(len(first))]
-        first_t, total = torch.tensor(first, device=x.device), len(first) * n_items
-        scores = torch.empty(b, n_items, dtype=x.dtype, device=x.device)
-        with torch.no_grad():
-            for i in range(0, total, self.batch_size):
-                k = torch.arange(i, min(i + self.batch_size, total), device=x.device)
-                img, item = k // n_items, k % n_items
-                out = self.layer_output(make(first_t[img], item), self.layer)
-                img_l = img.tolist()
-                for j in range(max(len(s) for s in slots)):  # j-th unit of each image
-                    rows = [slots[g][min(j, len(slots[g]) - 1)] for g in img_l]
-                    got = select(out, [units[r] for r in rows], self.layer, self.reduce)
-                    keep = torch.tensor([j < len(slots[g]) for g in img_l], device=x.device)
-                    rows_t = torch.tensor(rows, device=x.device)
-                    scores[rows_t[keep], item[keep]] = got[keep].to(scores.dtype)
-        return scores
 
     def fixed_units(self, x: torch.Tensor, units: Sequence[Unit]) -> List[Unit]:
         """``units`` with ``'predicted'`` replaced by each row's predicted unit for the clean
@@ -333,9 +375,14 @@ class SaliencyImage:
             raise ValueError(f"target layer {self.layer!r} did not run in the forward pass")
         return cap["output"]
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the layout the passes use (see :attr:`channels_last`)."""
+        on = x.device.type == "cpu" if self.channels_last is None else self.channels_last
+        return x.contiguous(memory_format=torch.channels_last) if on and x.ndim == 4 else x
+
     def _forward(self, x: torch.Tensor) -> None:
         try:
-            self.dnn.model(x)
+            self.dnn.model(self._layout(x))
         except _StopForward:
             pass
 
@@ -395,17 +442,26 @@ class SaliencyImage:
         x, batch = to_input(image, self.dnn.test_transform, preprocessed)
         return x.to(self.dnn.device), batch
 
-    def _run(self, x: torch.Tensor, fn, rows_factor: int = 1) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, fn, rows_factor: int = 1,
+             net_input: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Apply ``fn(x_rows, unit_rows)`` over all (image, unit) rows in chunks; returns
-        ``(N, U, ...)`` on the device."""
+        ``(N, U, ...)`` on the device. ``net_input``: what the network sees of ``x``'s
+        rows when they carry more (a path method's image and baseline), for the budget."""
         n, u = len(x), len(self.units)
         img_idx = torch.arange(n, device=x.device).repeat_interleave(u)
         unit_rows = [self.units[k % u] for k in range(n * u)]
-        step = max(1, self.batch_size // max(1, rows_factor * self.rows_per_map))
-        if self.shares_units and rows_factor == 1:
-            step *= u  # whole images: the method's own passes stay within batch_size
-        outs = [fn(x[i:i + step] if u == 1 else x[img_idx[i:i + step]],  # a view if it can
-                   unit_rows[i:i + step]) for i in range(0, n * u, step)]
+        self._outputs = n * u
+        try:
+            if self.shares_units and rows_factor == 1:
+                # whole images: the method's own passes stay within batch_size
+                step = max(1, self.batch_size // self.rows_per_map) * u
+            else:
+                rows = self.rows_per_pass(x if net_input is None else net_input, unit_rows)
+                step = max(1, rows // max(1, rows_factor * self.rows_per_map))
+            outs = [fn(x[i:i + step] if u == 1 else x[img_idx[i:i + step]],  # a view if can
+                       unit_rows[i:i + step]) for i in range(0, n * u, step)]
+        finally:
+            self._outputs = 0
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
         return out.reshape((n, u) + tuple(out.shape[1:]))
 
@@ -414,4 +470,4 @@ class SaliencyImage:
             out = out[:, 0]
         if not batch:
             out = out[0]
-        return out.detach().to("cpu", torch.float32).numpy()
+        return out.detach().to("cpu", torch.float32).contiguous().numpy()

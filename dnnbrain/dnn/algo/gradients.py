@@ -5,6 +5,7 @@ from typing import List, Optional
 
 import torch
 
+from .budget import Budget
 from .engine import SaliencyImage
 from .target import Unit
 
@@ -39,11 +40,11 @@ class GradientXInputImage(SaliencyImage):
         ReLU rule of the gradient (None: vanilla).
     """
 
-    def __init__(self, dnn, from_layer=None, from_chn=None, batch_size: int = 32,
-                 base: Optional[str] = None) -> None:
+    def __init__(self, dnn, from_layer=None, from_chn=None, batch_size: Optional[int] = None,
+                 base: Optional[str] = None, memory_budget: Budget = None) -> None:
         if base not in (None, "guided", "deconv"):
             raise ValueError(f"`base` must be one of [None, 'guided', 'deconv'], got {base!r}")
-        super().__init__(dnn, from_layer, from_chn, batch_size)
+        super().__init__(dnn, from_layer, from_chn, batch_size, memory_budget)
         self.relu_mode = base
 
     def _attribute(self, x: torch.Tensor, units: List[Unit],

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..models import DNN
+from .budget import Budget
 from .checks import check_number
 from .integrated import _PathMethod
 from .target import Unit
@@ -39,10 +40,11 @@ class GuidedIG(_PathMethod):
     rows_per_map = 1  # the path is sequential: one pass holds each row once
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
-                 batch_size: int = 32, *, steps: int = 200, fraction: float = 0.25,
-                 max_dist: float = 0.02, baseline: Any = "black", blur_sigma: float = 10.0,
-                 seed: int = 0) -> None:
-        super().__init__(dnn, from_layer, from_chn, batch_size)
+                 batch_size: Optional[int] = None, *, steps: int = 200,
+                 fraction: float = 0.25, max_dist: float = 0.02, baseline: Any = "black",
+                 blur_sigma: float = 10.0, seed: int = 0, memory_budget: Budget = None
+                 ) -> None:
+        super().__init__(dnn, from_layer, from_chn, batch_size, memory_budget)
         self.steps = check_number("steps", steps, 1, open_low=False, integer=True)
         self.fraction = check_number("fraction", fraction, 0, 1)
         self.max_dist = check_number("max_dist", max_dist, 0, 1, open_low=False)

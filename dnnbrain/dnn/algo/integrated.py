@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from ..models import DNN
+from .budget import Budget
 from .engine import SaliencyImage
+from .passes import gradient_sums
 from .checks import check_number, no_to_layer
 from .target import Unit
 
@@ -112,24 +114,18 @@ def path_integral(method: SaliencyImage, x: torch.Tensor, baseline: torch.Tensor
                   relu_mode: Optional[str] = None) -> torch.Tensor:
     """``sum_k weights[k] * grad f(baseline + alphas[k] * (x - baseline))`` per row.
 
-    Every (row, step) pair is one row of the gradient passes, ``method.batch_size`` rows
-    per pass; the sum stays on the device. ``x``, ``baseline``: ``(B, C, H, W)``;
-    ``units``: one per row. Returns ``(B, C, H, W)``.
+    ``x``, ``baseline``: ``(B, C, H, W)``; ``units``: one per row. Every (row, step) pair
+    is one input of :func:`~dnnbrain.dnn.algo.passes.gradient_sums` (batched passes,
+    summed at the affine stem). Returns ``(B, C, H, W)``.
     """
-    n, s = len(x), len(alphas)
     alpha = torch.as_tensor(alphas, dtype=x.dtype, device=x.device)
-    weight = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
-    diff, total = x - baseline, torch.zeros_like(x)
-    ones = (1,) * (x.ndim - 1)
-    for start in range(0, n * s, method.batch_size):
-        stop = min(start + method.batch_size, n * s)
-        idx = torch.arange(start, stop, device=x.device)
-        row, k = idx // s, idx % s
-        points = baseline[row] + alpha[k].view(-1, *ones) * diff[row]
-        grad, _ = method.gradient(points, [units[i // s] for i in range(start, stop)],
-                                  None, relu_mode)
-        total.index_add_(0, row, grad * weight[k].view(-1, *ones))
-    return total
+    diff, ones = x - baseline, (1,) * (x.ndim - 1)
+
+    def make(i: int, k0: int, k1: int, out: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(baseline[i], alpha[k0:k1].view(-1, *ones), diff[i], out=out)
+
+    return gradient_sums(method, x, units, len(alphas), make,
+                         torch.as_tensor(weights, dtype=x.dtype, device=x.device), relu_mode)
 
 
 class _PathMethod(SaliencyImage):
@@ -214,7 +210,7 @@ class _PathMethod(SaliencyImage):
             x, base = rows.chunk(2, 1)
             return self._path(x, base, self.fixed_units(x, units))
 
-        return self._shape(self._run(paired, path), batch)
+        return self._shape(self._run(paired, path, net_input=paired.chunk(2, 1)[0]), batch)
 
     def convergence_delta(self, image: Any, preprocessed: bool = False) -> np.ndarray:
         """Completeness error: the sum of each map minus ``f(image) - f(baseline)``.
@@ -238,7 +234,7 @@ class _PathMethod(SaliencyImage):
             total = self._path(x, base, units).flatten(1).sum(1)
             return total - (self.activation(x, units) - self.activation(base, units))
 
-        return self._shape(self._run(paired, delta), batch)
+        return self._shape(self._run(paired, delta, net_input=paired.chunk(2, 1)[0]), batch)
 
 
 class IntegratedGradients(_PathMethod):
@@ -247,7 +243,7 @@ class IntegratedGradients(_PathMethod):
 
     Parameters
     ----------
-    dnn, from_layer, from_chn, batch_size
+    dnn, from_layer, from_chn, batch_size, memory_budget
         As :class:`SaliencyImage`.
     steps : int
         Nodes of the integral; cost ``steps`` forward + backward rows per map.
@@ -267,10 +263,10 @@ class IntegratedGradients(_PathMethod):
     """
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
-                 batch_size: int = 32, *, steps: int = 50, baseline: Any = "black",
+                 batch_size: Optional[int] = None, *, steps: int = 50, baseline: Any = "black",
                  rule: str = "riemann_trapezoid", blur_sigma: float = 10.0, seed: int = 0,
-                 base: Optional[str] = None) -> None:
-        super().__init__(dnn, from_layer, from_chn, batch_size)
+                 base: Optional[str] = None, memory_budget: Budget = None) -> None:
+        super().__init__(dnn, from_layer, from_chn, batch_size, memory_budget)
         if base not in (None, "guided"):
             raise ValueError(f"`base` must be one of [None, 'guided'], got {base!r}")
         self.alphas, self.weights = approximation(rule, steps)
@@ -290,7 +286,7 @@ class BlurIG(_PathMethod):
 
     Parameters
     ----------
-    dnn, from_layer, from_chn, batch_size
+    dnn, from_layer, from_chn, batch_size, memory_budget
         As :class:`SaliencyImage`.
     max_sigma : float
         Largest blur, in pixels.
@@ -304,9 +300,10 @@ class BlurIG(_PathMethod):
     """
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
-                 batch_size: int = 32, *, max_sigma: float = 50.0, steps: int = 100,
-                 grad_step: float = 0.01, sqrt: bool = False) -> None:
-        super().__init__(dnn, from_layer, from_chn, batch_size)
+                 batch_size: Optional[int] = None, *, max_sigma: float = 50.0, steps: int = 100,
+                 grad_step: float = 0.01, sqrt: bool = False,
+                 memory_budget: Budget = None) -> None:
+        super().__init__(dnn, from_layer, from_chn, batch_size, memory_budget)
         if not isinstance(sqrt, bool):
             raise ValueError(f"`sqrt` must be True or False, got {sqrt!r}")
         self.max_sigma = check_number("max_sigma", max_sigma, 0)
@@ -322,8 +319,9 @@ class BlurIG(_PathMethod):
     def _path(self, x: torch.Tensor, base: torch.Tensor, units: List[Unit]) -> torch.Tensor:
         n, s = len(x), self.steps
         total = torch.zeros_like(x)
-        for start in range(0, n * s, self.batch_size):
-            stop = min(start + self.batch_size, n * s)
+        chunk = self.rows_per_pass(x, units, images=n)
+        for start in range(0, n * s, chunk):
+            stop = min(start + chunk, n * s)
             k = np.arange(start, stop) % s
             row = torch.arange(start, stop, device=x.device) // s
             rows = x[row]

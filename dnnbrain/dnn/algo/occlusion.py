@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..models import DNN
 from .checks import no_to_layer
 from .engine import SaliencyImage
+from .passes import perturbed_scores
 from .target import Unit, check_units, resolve_predicted, select
 
 OUTPUTS = ("map", "per_channel")
@@ -93,7 +94,8 @@ class Occlusion(SaliencyImage):
     """
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
-                 batch_size: int = 32, *, window: Pair = (11, 11), stride: Pair = (2, 2),
+                 batch_size: Optional[int] = None, *, window: Pair = (11, 11),
+                 stride: Pair = (2, 2),
                  fill: Union[float, str] = 0.0, output: str = "map") -> None:
         super().__init__(dnn, from_layer, from_chn, batch_size)
         self.window, self.stride = _pair(window, "window"), _pair(stride, "stride")
@@ -151,7 +153,7 @@ class Occlusion(SaliencyImage):
                      else torch.tensor(float(self.fill), dtype=x.dtype, device=x.device))
             return torch.where(mask, value, x[row])
 
-        scores = self.perturbed_scores(x, units, nch * ny * nx, occlude)
+        scores = perturbed_scores(self, x, units, nch * ny * nx, occlude)
         grid = (base[:, None] - scores).view(b, nch, ny, nx)
         total = torch.einsum("yh,bcyx,xw->bchw", cover_y, grid, cover_x)
         count = cover_y.sum(0)[:, None] * cover_x.sum(0)[None, :]
@@ -184,7 +186,7 @@ class UpsampledActivation(SaliencyImage):
     """
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
-                 batch_size: int = 32, *, mode: str = "bilinear") -> None:
+                 batch_size: Optional[int] = None, *, mode: str = "bilinear") -> None:
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {list(MODES)}, got {mode!r}")
         self.mode = mode

@@ -51,7 +51,7 @@ def get_method(name: str) -> type:
 
 
 def make_method(dnn: DNN, method: str, layer: Optional[str] = None, unit: Any = None,
-                reduce: str = "mean", batch_size: int = 32, **params: Any):
+                reduce: str = "mean", batch_size: Optional[int] = None, **params: Any):
     """Instantiate a registered method with its parameters and (optionally) its target."""
     obj = get_method(method)(dnn, batch_size=batch_size, **params)
     if layer is not None:
@@ -61,7 +61,8 @@ def make_method(dnn: DNN, method: str, layer: Optional[str] = None, unit: Any = 
 
 def saliency(dnn: DNN, images: Any, method: str = "vanilla", layer: Optional[str] = None,
              unit: Any = None, reduce: str = "mean", to_layer: Optional[str] = None,
-             preprocessed: bool = False, batch_size: int = 32, **params: Any) -> np.ndarray:
+             preprocessed: bool = False, batch_size: Optional[int] = None,
+             **params: Any) -> np.ndarray:
     """One call: the ``method`` map of ``unit`` of ``layer`` for ``images``.
 
     Parameters
@@ -82,8 +83,8 @@ def saliency(dnn: DNN, images: Any, method: str = "vanilla", layer: Optional[str
         Map at this layer's input (gradient methods).
     preprocessed : bool
         ``images`` is already ``test_transform`` output.
-    batch_size : int
-        Rows per pass.
+    batch_size : int or None
+        Rows per pass (None: 32, or as many as fit in a ``memory_budget`` param).
     **params
         The method's own parameters (``steps``, ``baseline``, ``cam_layer`` ...).
 

@@ -37,7 +37,7 @@ class SmoothGrad:
     """
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
-                 batch_size: int = 32, base: str = "vanilla", n_samples: int = 25,
+                 batch_size: Optional[int] = None, base: str = "vanilla", n_samples: int = 25,
                  sigma_multiplier: float = 0.15, mode: str = "mean", seed: int = 0,
                  **base_params: Any) -> None:
         from .registry import get_method

@@ -18,6 +18,7 @@ from skimage.segmentation import felzenszwalb
 from skimage.transform import resize
 
 from ..models import DNN
+from .budget import Budget
 from .engine import SaliencyImage
 from .checks import check_number, no_to_layer
 from .integrated import approximation, path_integral, pixel_affine
@@ -196,11 +197,13 @@ class XRAI(SaliencyImage):
     """
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
-                 batch_size: int = 32, *, steps: int = 50, area_threshold: float = 1.0,
+                 batch_size: Optional[int] = None, *, steps: int = 50,
+                 area_threshold: float = 1.0,
                  min_pixel_diff: int = 50,
                  segment_scales: Sequence[float] = (50, 100, 150, 250, 500, 1200),
-                 dilation_radius: Optional[int] = None, return_segments: bool = False) -> None:
-        super().__init__(dnn, from_layer, from_chn, batch_size)
+                 dilation_radius: Optional[int] = None, return_segments: bool = False,
+                 memory_budget: Budget = None) -> None:
+        super().__init__(dnn, from_layer, from_chn, batch_size, memory_budget)
         self.alphas, self.weights = approximation("riemann_trapezoid", steps)
         self.area_threshold = check_number("area_threshold", area_threshold, 0, 1, False)
         self.min_pixel_diff = check_number("min_pixel_diff", min_pixel_diff, 1, None, False,
