@@ -58,3 +58,17 @@ def test_missing_image_in_stim_file(tmp_path, capsys):
     assert main(["-net", "ShapeNet", "-layer", "fc2", "-chn", "1", "-stim", str(stim),
                  "-out", str(tmp_path / "o")]) == 2
     assert "nope.png" in capsys.readouterr().err
+
+
+def test_memory_budget_param(tmp_path, shapenet, demo_stim, capsys):
+    from dnnbrain.dnn.algo.integrated import IntegratedGradients
+    out = tmp_path / "ig"
+    assert main(["-net", "ShapeNet", "-layer", "fc2", "-chn", "2", "-stim", STIM, "-meth",
+                 "ig", "-param", "steps=8", "-param", "memory_budget=6MiB", "-out", str(out)]) == 0
+    first = demo_stim.ids[0].rsplit(".", 1)[0]
+    got = np.load(out / "npy" / f"{first}_fc2_chn2.npy")
+    expect = IntegratedGradients(shapenet, "fc2", 2, steps=8).backprop(demo_stim.paths[0])
+    assert np.abs(got - expect).max() <= 1e-5 * np.abs(expect).max()
+    assert main(["-net", "ShapeNet", "-layer", "fc2", "-chn", "2", "-stim", STIM, "-meth",
+                 "ig", "-param", "memory_budget=10kB", "-out", str(out), "-force"]) == 2
+    assert "`memory_budget` of 0.0 MiB is too small" in capsys.readouterr().err

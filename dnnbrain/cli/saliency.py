@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how a conv channel becomes one number (default: mean)")
     p.add_argument("-weights", help="weights file (default: offline search, see docs)")
     p.add_argument("-device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("-batch-size", dest="batch_size", type=int, default=32)
+    p.add_argument("-batch-size", dest="batch_size", type=int, default=None,
+                   help="rows per forward/backward pass (default: 32, or as many as fit "
+                        "in -param memory_budget=512MiB)")
     p.add_argument("-ncol", type=int, default=8, help="stimuli per figure (default: 8)")
     p.add_argument("-show", action="store_true", help="also show the figures")
     p.add_argument("-out", required=True, help="output folder")
