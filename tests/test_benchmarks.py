@@ -1,0 +1,36 @@
+"""The benchmark scripts stay runnable: a quick suite on the demo network and a memory
+budget check, each in a subprocess as a user runs them (slow: CI runs them once)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+pytestmark = pytest.mark.slow
+
+
+def run(args, tmp_path):
+    done = subprocess.run([sys.executable, *args], cwd=BENCH, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_quick_suite_runs_and_agrees(tmp_path):
+    out = tmp_path / "suite.json"
+    run(["run_all.py", "--quick", "--nets", "shapenet", "--json", str(out)], tmp_path)
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["method"] for r in rows} == {"vanilla", "guided", "ig", "smoothgrad",
+                                           "gradcam", "gradcam++", "scorecam", "occlusion"}
+    for r in rows:
+        assert r["dnnbrain_s"] > 0 and r["ref_s"] > 0
+        if r["agree"] is not None and r["method"] != "gradcam++":  # pgc's eps, see docs
+            assert r["agree"] < 1e-4, (r["method"], r["reference"], r["agree"])
+
+
+def test_memory_budget_check_passes(tmp_path):
+    table = run(["bench_memory.py", "--images", "1", "--rows", "50", "--budgets", "64MiB"],
+                tmp_path)
+    assert " yes " in table.splitlines()[-1]
