@@ -203,3 +203,19 @@ def test_ig_peak_memory_stays_within_the_budget(shapenet, budget):
     ref = IntegratedGradients(shapenet, "fc2", 2, batch_size=100, **kw).backprop(
         x, preprocessed=True)
     assert np.abs(out[0] - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_paths_on_cuda():
+    cpu_dnn, gpu_dnn = stem_net("conv1_bn"), stem_net("conv1_bn").to("cuda")
+    x = inputs(3)
+    kw = dict(steps=10, baseline=torch.zeros(3, 32, 32), memory_budget="64MiB")
+    for make in (lambda d: IntegratedGradients(d, "fc", [1, 3], **kw),
+                 lambda d: VanillaSaliencyImage(d, "conv2", 2)):
+        ref = make(cpu_dnn).backprop(x, preprocessed=True)
+        got = make(gpu_dnn).backprop(x, preprocessed=True)
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    smooth = [VanillaSaliencyImage(d, "fc", 2).backprop_smooth(x, 4, 0.1, seed=1,
+                                                               preprocessed=True)
+              for d in (cpu_dnn, gpu_dnn)]
+    assert np.abs(smooth[0] - smooth[1]).max() <= 1e-4 * np.abs(smooth[0]).max()
