@@ -60,7 +60,7 @@ class GuidedIG(_PathMethod):
         l1_total = diff.abs().sum(1)
         kth = int(np.floor(self.fraction * (diff.shape[1] - 1))) + 1  # quantile, 'lower'
         for step in range(self.steps):
-            grad, _ = self.gradient(cur.view_as(x).to(x.dtype), units)
+            grad = self.gradient(cur.view_as(x).to(x.dtype), units)[0]
             g = grad.flatten(1).double()
             alpha = (step + 1.0) / self.steps
             a_min, a_max = max(alpha - self.max_dist, 0.0), min(alpha + self.max_dist, 1.0)

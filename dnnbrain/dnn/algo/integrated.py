@@ -329,7 +329,7 @@ class BlurIG(_PathMethod):
             blurred = blur_input(self.dnn, torch.cat([rows, rows]),
                                  np.concatenate([sig, sig + self.grad_step]))
             points, ahead = blurred.chunk(2)
-            grad, _ = self.gradient(points, [units[i // s] for i in range(start, stop)])
+            grad = self.gradient(points, [units[i // s] for i in range(start, stop)])[0]
             step = torch.as_tensor((self.sigmas[k + 1] - sig) / self.grad_step).to(x)
             total.index_add_(0, row, grad * (ahead - points) * step.view(-1, 1, 1, 1))
         return -total  # the path runs from blurred to sharp: sigma decreases

@@ -75,12 +75,13 @@ def gradient_sums(method: SaliencyImage, x: torch.Tensor, units: Sequence[Unit],
             make(i, k0, k1, buf[spans[-1][3]:spans[-1][3] + k1 - k0])
         rows: List[Unit] = [units[i] for i, k0, k1, _ in spans for _ in range(k1 - k0)]
         ks = torch.cat([torch.arange(k0, k1, device=x.device) for _, k0, k1, _ in spans])
-        grad, _ = method.gradient(buf, rows, None, relu_mode, stem, weights=weights[ks])
+        grad = method.gradient(buf, rows, None, relu_mode, stem, weights=weights[ks])[0]
         if total is None:
             total = torch.empty((n,) + tuple(grad.shape[1:]), dtype=grad.dtype,
                                 device=grad.device, memory_format=_layout_of(grad)).zero_()
         for i, k0, k1, off in spans:
             total[i] += _sum_rows(grad[off:off + k1 - k0])
+        del buf, grad  # before the next pass allocates its own
     assert total is not None  # n * s >= 1 inputs ran
     return total if stem is None else method.stem_backward(x, total)
 
