@@ -67,6 +67,7 @@ BAD = [  # (key to set, value, key path in the message, a valid choice in the me
     ("methods[1].stepz", 3, "methods[1].stepz", "'steps'"),
     ("methods[1].steps", -1, "methods[1].steps", "int"),
     ("methods[1].batch_size", 8, "methods[1].batch_size", "top level"),
+    ("methods[1].memory_budget", "lots", "methods[1].memory_budget", "'512MiB'"),
     ("methods[1]", {"name": "smoothgrad", "base": "nope"}, "methods[1].base", "'guided'"),
     ("methods[1]", "vanilla", "methods[1].label", "distinct"),
     ("outputs.save", ["npy", "jpeg"], "outputs.save[1]", "'nifti'"),
@@ -224,3 +225,19 @@ def test_runtime_device(monkeypatch):
 def test_cuda_device_refused_without_cuda(base):
     assert "model.device: is 'cuda' but CUDA is not available" in problems(
         _set(copy.deepcopy(base), "model.device", "cuda"))
+
+
+def test_memory_budget_as_a_method_parameter(base, tmp_path):
+    """A YAML run passes memory_budget to a gradient method: same maps as without."""
+    import numpy as np
+    base["methods"] = [{"name": "ig", "steps": 4, "memory_budget": "6MiB"},
+                       {"name": "ig", "steps": 4, "label": "ig_plain"}]
+    base["targets"] = [{"layer": "fc2", "units": [2]}]
+    base["outputs"]["save"] = ["npy"]
+    result = run(base, progress=False)
+    got = sorted((result.out_dir / "ig").rglob("*.npy"))
+    ref = sorted((result.out_dir / "ig_plain").rglob("*.npy"))
+    assert len(got) == len(ref) == 12
+    for a, b in zip(got, ref):
+        x, y = np.load(a), np.load(b)
+        assert np.abs(x - y).max() <= 1e-5 * np.abs(y).max()
