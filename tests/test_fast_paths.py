@@ -32,7 +32,7 @@ def stem_net(stem="conv1", seed=0):
     net.eval()
     return DNN(net, {"conv1": "0", "conv1_bn": "1", "conv1_relu": "2", "conv2": "3",
                      "conv2_relu": "4", "pool": "5", "fc": "7"},
-               test_transform=ImageTransform(32), img_size=32, stem=stem)
+               test_transform=ImageTransform(32), img_size=32, stem=stem, channels_last=True)
 
 
 def inputs(n=3, size=32, seed=0):
@@ -131,6 +131,35 @@ def test_maps_that_are_not_gradient_means_skip_the_stem(cls, kwargs, monkeypatch
     out = cls(stem_net("conv1_bn"), "fc", 2).backprop_smooth(inputs(1), 3, 0.1, seed=0,
                                                              preprocessed=True, **kwargs)
     assert np.abs(out).max() > 0
+
+
+class ViewNet(nn.Module):
+    """Flattens with ``.view``, as much older code does: no channels-last inputs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_channels_last_only_where_the_network_accepts_it():
+    x = inputs(2, 8)
+    dnn = DNN(ViewNet(), ["conv", "fc"])
+    assert dnn.channels_last is False and build_network("ShapeNet").channels_last is True
+    sal = VanillaSaliencyImage(dnn, "fc", 2)
+    got = sal.backprop_smooth(x, 3, 0.1, seed=0, preprocessed=True)  # default: no error
+    sal.channels_last = True  # forced on a network that cannot take it: torch's error
+    with pytest.raises(RuntimeError, match="view"):
+        sal.backprop_smooth(x, 3, 0.1, seed=0, preprocessed=True)
+    sal.channels_last = False
+    assert np.array_equal(got, sal.backprop_smooth(x, 3, 0.1, seed=0, preprocessed=True))
+    assert hook_dicts_empty(dnn.model)
+    with pytest.raises(TypeError, match="`channels_last` must be a bool"):
+        DNN(ViewNet(), channels_last="yes")
 
 
 def test_channels_last_gives_the_same_maps_and_leaves_the_input(shapenet):
