@@ -136,10 +136,11 @@ def perturbed_scores(method: SaliencyImage, x: torch.Tensor, units: Sequence[Uni
     scores = torch.empty(b, n_items, dtype=x.dtype, device=x.device)
     with torch.no_grad():
         for i in range(0, total, method.batch_size):
-            k = torch.arange(i, min(i + method.batch_size, total), device=x.device)
-            img, item = k // n_items, k % n_items
+            # indices are made on the host: no device-to-host sync inside the loop
+            k = torch.arange(i, min(i + method.batch_size, total))
+            img_l, img = (k // n_items).tolist(), (k // n_items).to(x.device)
+            item = (k % n_items).to(x.device)
             out = method.layer_output(make(first_t[img], item), method.layer)
-            img_l = img.tolist()
             for j in range(max(len(s) for s in slots)):  # j-th unit of each image
                 rows = [slots[g][min(j, len(slots[g]) - 1)] for g in img_l]
                 got = select(out, [units[r] for r in rows], method.layer, method.reduce)
