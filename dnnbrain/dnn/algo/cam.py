@@ -160,8 +160,8 @@ _PARAMS = """
         The network.
     from_layer, from_chn : optional
         Target ``(layer, unit)``, as :meth:`SaliencyImage.set_layer`; units count from 1.
-    batch_size : int
-        Rows per forward pass.
+    batch_size : int or None
+        Rows per forward pass (None: 32, or what fits in ``memory_budget``).
     cam_layer : str or None
         Layer whose output ``A`` (``(N, C, h, w)``) the map is built on; it must run
         before the target layer, or be it. None: the last ``nn.Conv2d`` that runs before the target
@@ -174,6 +174,9 @@ _PARAMS = """
     upsample : bool
         Upsample the map bilinearly (``align_corners=False``) to the input size; False
         gives the raw map at the CAM layer's resolution ``(h, w)``.
+    memory_budget : int, str or None
+        As :class:`SaliencyImage` (Grad-CAM, Grad-CAM++); Score-CAM batches its masked
+        forward passes by ``batch_size``.
 
     Notes
     -----

@@ -36,6 +36,8 @@ class GradientXInputImage(SaliencyImage):
 
     Parameters
     ----------
+    dnn, from_layer, from_chn, batch_size, memory_budget
+        As :class:`SaliencyImage`.
     base : {None, 'guided', 'deconv'}
         ReLU rule of the gradient (None: vanilla).
     """

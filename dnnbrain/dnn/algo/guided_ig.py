@@ -24,8 +24,9 @@ class GuidedIG(_PathMethod):
 
     Parameters
     ----------
-    dnn, from_layer, from_chn, batch_size
-        As :class:`SaliencyImage`; ``batch_size`` rows walk their paths together.
+    dnn, from_layer, from_chn, batch_size, memory_budget
+        As :class:`SaliencyImage`; ``batch_size`` rows (or as many as fit in the budget)
+        walk their paths together.
     steps : int
         Steps of the path; cost ``steps`` sequential forward + backward passes per batch.
     fraction : float

@@ -71,8 +71,8 @@ class Occlusion(SaliencyImage):
     from_layer, from_chn : optional
         Target ``(layer, unit)``, as :meth:`SaliencyImage.set_layer`; ``'predicted'``
         is resolved on the unoccluded image.
-    batch_size : int
-        Occluded copies per forward pass.
+    batch_size : int or None
+        Occluded copies per forward pass (None: 32).
     window : int or (int, int)
         Occluder height and width in input pixels (DNNBrain's default ``(11, 11)``).
     stride : int or (int, int)
@@ -173,8 +173,8 @@ class UpsampledActivation(SaliencyImage):
         Target: a layer with spatial output ``(N, C, h, w)`` and a channel (int from 1) or
         ``'predicted'`` (the channel with the largest ``reduce``-d activation). A spatial
         unit ``(c, row, col)`` or a callable has no map and is rejected.
-    batch_size : int
-        Images per forward pass.
+    batch_size : int or None
+        Images per forward pass (None: 32).
     mode : {'bilinear', 'bicubic', 'nearest'}
         Interpolation (``align_corners=False``); DNNBrain offered bicubic too.
 

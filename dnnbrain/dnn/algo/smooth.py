@@ -19,8 +19,8 @@ class SmoothGrad:
         The network.
     from_layer, from_chn : optional
         Target, as :meth:`SaliencyImage.set_layer`.
-    batch_size : int
-        Rows per pass.
+    batch_size : int or None
+        Rows per pass (None: 32, or what fits in a ``memory_budget`` base parameter).
     base : str
         Registered method name to smooth (``'vanilla'``, ``'guided'``, ``'ig'``, ...).
     n_samples : int

@@ -169,7 +169,7 @@ class XRAI(SaliencyImage):
 
     Parameters
     ----------
-    dnn, from_layer, from_chn, batch_size
+    dnn, from_layer, from_chn, batch_size, memory_budget
         As :class:`SaliencyImage`.
     steps : int
         IG steps per baseline (trapezoid rule); cost ``2 * steps`` forward + backward rows
