@@ -57,8 +57,8 @@ def parse_budget(value: Budget) -> Optional[int]:
 @dataclass(frozen=True)
 class RowCost:
     """Bytes one row of a gradient pass costs: ``saved`` by autograd (activations kept
-    for the backward), ``largest`` of those tensors (the backward holds about two
-    gradients of that size at once), and the row's ``input`` and ``leaf`` gradient;
+    for the backward), ``largest`` of those tensors (the size of the backward pass's
+    biggest gradient), and the row's ``input`` and ``leaf`` gradient;
     ``weights``: bytes of the largest convolution weight (oneDNN reorders weights into
     transient copies, whatever the number of rows)."""
 
@@ -70,10 +70,11 @@ class RowCost:
 
     @property
     def per_row(self) -> int:
-        """Estimated peak bytes per row: saved tensors, two gradients of the largest,
-        the row's input twice (the path point and its channels-last copy) and its
-        gradient twice (the gradient and its weighted copy)."""
-        return self.saved + 2 * self.largest + 2 * self.input + 2 * self.leaf
+        """Estimated peak bytes per row: saved tensors, a gradient of the largest (the
+        backward pass holds a layer's output and input gradients while the saved
+        tensors behind it are still alive), the row's input twice (the path point and a
+        layout copy) and its gradient twice (the gradient and a running sum)."""
+        return self.saved + self.largest + 2 * self.input + 2 * self.leaf
 
 
 def probe_row_bytes(model: nn.Module, run: Callable[[], torch.Tensor],

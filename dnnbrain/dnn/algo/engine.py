@@ -32,6 +32,23 @@ class _StopForward(Exception):
     """Raised by the target layer's hook: nothing after it is computed."""
 
 
+class _Tap(torch.autograd.Function):
+    """``y = x`` in place (same storage, no copy); the backward pass hands the gradient
+    of ``y`` to ``sink`` and gives ``dummy`` (the tensor to differentiate against) a zero.
+    Later in-place layers may overwrite ``y``: only its gradient is kept, not its values."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dummy: torch.Tensor, sink: list) -> torch.Tensor:  # noqa: D102
+        ctx.sink = sink
+        ctx.mark_dirty(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        ctx.sink.append(grad)
+        return None, torch.zeros((), dtype=grad.dtype, device=grad.device), None
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run ``model`` in eval mode, then restore every submodule's own ``training`` flag."""
@@ -237,7 +254,8 @@ class SaliencyImage:
     def gradient(self, x: torch.Tensor, units: Sequence[Unit],
                  to_layer: Optional[str] = None, relu_mode: Optional[str] = None,
                  at_output: Optional[str] = None, create_graph: bool = False,
-                 weights: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                 weights: Optional[torch.Tensor] = None, keep_values: bool = True
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Gradient of each row's unit w.r.t. the network input, ``to_layer``'s input, or
         ``at_output``'s output.
 
@@ -257,18 +275,23 @@ class SaliencyImage:
             Keep the graph of the gradient (for second derivatives).
         weights : torch.Tensor or None
             ``(B,)`` factor on each row's score, hence on its gradient.
+        keep_values : bool
+            False: the caller needs the gradient only. With ``to_layer``/``at_output`` the
+            model then continues on the layer's own tensor instead of a copy of it (an
+            in-place layer after it may overwrite it), and ``wrt`` is None.
 
         Returns
         -------
         grad : torch.Tensor
             ``(B, ...)`` gradient, shaped like the tensor differentiated against.
-        wrt : torch.Tensor
+        wrt : torch.Tensor or None
             That tensor (detached): the input, the layer input or the layer output.
         """
         if to_layer is not None and at_output is not None:
             raise ValueError("give `to_layer` or `at_output`, not both")
         inner = to_layer is not None or at_output is not None
-        with self._hooks(to_layer, at_output, grad_from_leaf=inner) as cap, \
+        tap = inner and not keep_values and not create_graph
+        with self._hooks(to_layer, at_output, grad_from_leaf=inner, tap=tap) as cap, \
                 torch.enable_grad():
             # with an inner leaf, nothing before it needs a graph: forward without one, the
             # leaf's hook switches recording on (no_grad's exit restores the mode)
@@ -289,6 +312,8 @@ class SaliencyImage:
             if weights is not None:
                 score = score * weights.to(score.dtype)
             (grad,) = torch.autograd.grad(score.sum(), wrt, create_graph=create_graph)
+        if "sink" in cap:  # tapped: the gradient came through the sink
+            return cap["sink"][0], None
         return grad, wrt.detach()
 
     def summed_leaf(self) -> Optional[str]:
@@ -314,26 +339,26 @@ class SaliencyImage:
 
     def rows_per_pass(self, x: torch.Tensor, units: Sequence[Unit],
                       to_layer: Optional[str] = None, at_output: Optional[str] = None,
-                      images: int = 0) -> int:
+                      images: int = 0, keep_values: bool = True) -> int:
         """Rows per gradient pass: ``batch_size``, or with a ``memory_budget`` the most
         rows of ``x``'s shape that fit (at most ``batch_size`` when it was given).
 
         The cost of a row is measured once per input shape and leaf by a one-row probe
         (:func:`dnnbrain.dnn.algo.budget.probe_row_bytes`, with ``to_layer`` /
-        ``at_output`` as in :meth:`gradient`). Six input-sized buffers per image of the
+        ``at_output`` / ``keep_values`` as in :meth:`gradient`). Six input-sized buffers per image of the
         pass's caller (``images``: path ends, sums) and four per map of the whole call
         (the maps, their concatenation and copies) are set aside first.
         """
         if self.memory_budget is None:
             return self.batch_size
         key = (tuple(x.shape[1:]), x.dtype, x.device, self.layer, self.reduce, to_layer,
-               at_output, self.relu_mode, self._layout(x[:1]).is_contiguous())
+               at_output, keep_values, self.relu_mode, self._layout(x[:1]).is_contiguous())
         cost: Optional[RowCost] = self._costs.get(key)
         if cost is None:
             row, unit = x[:1], list(units[:1])
             cost = probe_row_bytes(
                 self.dnn.model, lambda: self.gradient(row, unit, to_layer, self.relu_mode,
-                                                      at_output)[0],
+                                                      at_output, keep_values=keep_values)[0],
                 row.numel() * row.element_size())
             self._costs[key] = cost
         fixed = (6 * images + 4 * self._outputs) * cost.input
@@ -391,10 +416,12 @@ class SaliencyImage:
 
     @contextlib.contextmanager
     def _hooks(self, to_layer: Optional[str] = None, at_output: Optional[str] = None,
-               target: Optional[str] = None, grad_from_leaf: bool = False) -> Iterator[dict]:
+               target: Optional[str] = None, grad_from_leaf: bool = False,
+               tap: bool = False) -> Iterator[dict]:
         """Hooks for one forward pass: capture ``target``'s output (default: the target
         layer) and stop there; capture ``to_layer``'s input or ``at_output``'s output as
-        gradient leaves. Hooks and eval mode last exactly as long as the ``with`` block."""
+        gradient leaves (``tap``: through :class:`_Tap`, without a copy, where the tensor
+        is not a view). Hooks and eval mode last exactly as long as the ``with`` block."""
         target = target if target is not None else self.layer
         if target is None:
             raise ValueError("no target: call set_layer(layer, unit) first")
@@ -403,6 +430,10 @@ class SaliencyImage:
         def leaf(t: torch.Tensor, key: str) -> torch.Tensor:
             if grad_from_leaf:
                 torch.set_grad_enabled(True)
+            if tap and t._base is None and not t.requires_grad:
+                cap[key] = torch.zeros((), dtype=t.dtype, device=t.device, requires_grad=True)
+                cap["sink"] = []
+                return _Tap.apply(t, cap[key], cap["sink"])
             cap[key] = t.detach().requires_grad_(True)
             # the model continues on a copy, so an in-place layer cannot overwrite the leaf
             return cap[key].clone()

@@ -61,7 +61,7 @@ def gradient_sums(method: SaliencyImage, x: torch.Tensor, units: Sequence[Unit],
     """
     n, s = len(x), per_row
     stem = method.summed_leaf()
-    chunk = method.rows_per_pass(x, units, at_output=stem, images=n)
+    chunk = method.rows_per_pass(x, units, at_output=stem, images=n, keep_values=False)
     fmt = _layout_of(method._layout(x[:2]))
     total: Optional[torch.Tensor] = None
     for start in range(0, n * s, chunk):
@@ -75,7 +75,8 @@ def gradient_sums(method: SaliencyImage, x: torch.Tensor, units: Sequence[Unit],
             make(i, k0, k1, buf[spans[-1][3]:spans[-1][3] + k1 - k0])
         rows: List[Unit] = [units[i] for i, k0, k1, _ in spans for _ in range(k1 - k0)]
         ks = torch.cat([torch.arange(k0, k1, device=x.device) for _, k0, k1, _ in spans])
-        grad = method.gradient(buf, rows, None, relu_mode, stem, weights=weights[ks])[0]
+        grad = method.gradient(buf, rows, None, relu_mode, stem, weights=weights[ks],
+                               keep_values=False)[0]
         if total is None:
             total = torch.empty((n,) + tuple(grad.shape[1:]), dtype=grad.dtype,
                                 device=grad.device, memory_format=_layout_of(grad)).zero_()
