@@ -248,3 +248,14 @@ def test_fast_paths_on_cuda():
                                                                preprocessed=True)
               for d in (cpu_dnn, gpu_dnn)]
     assert np.abs(smooth[0] - smooth[1]).max() <= 1e-4 * np.abs(smooth[0]).max()
+
+
+@pytest.mark.parametrize("layer", ["conv1", "conv2_maxpool", "flatten"])  # flatten: a view
+def test_gradient_without_values_equals_the_copying_leaf(shapenet, layer):
+    x = inputs(3, 64, seed=4)
+    sal = VanillaSaliencyImage(shapenet, "fc2", 3)
+    ref, values = sal.gradient(x, [3], at_output=layer)
+    got, none = sal.gradient(x, [3], at_output=layer, keep_values=False)
+    assert none is None and values is not None and got.shape == values.shape
+    assert torch.allclose(got, ref, rtol=0, atol=1e-6 * float(ref.abs().max()))
+    assert hook_dicts_empty(shapenet.model)

@@ -313,8 +313,8 @@ class SaliencyImage:
                 score = score * weights.to(score.dtype)
             (grad,) = torch.autograd.grad(score.sum(), wrt, create_graph=create_graph)
         if "sink" in cap:  # tapped: the gradient came through the sink
-            return cap["sink"][0], None
-        return grad, wrt.detach()
+            grad = cap["sink"][0]
+        return grad, (wrt.detach() if keep_values else None)
 
     def summed_leaf(self) -> Optional[str]:
         """Where to differentiate when the input gradients of many inputs of one image
