@@ -208,48 +208,9 @@ class SaliencyImage:
         numpy.ndarray
             Same shape as :meth:`backprop`.
         """
-        if not isinstance(n_iter, int) or n_iter < 1:
-            raise ValueError(f"`n_iter` must be a positive int, got {n_iter!r}")
-        if mode not in SMOOTH_MODES:
-            raise ValueError(f"`mode` must be one of {list(SMOOTH_MODES)}, got {mode!r}")
-        if not sigma_multiplier >= 0:
-            raise ValueError(f"`sigma_multiplier` must be >= 0, got {sigma_multiplier!r}")
-        x, batch = self._prepare(image, preprocessed)
-        gen = torch.Generator().manual_seed(int(seed) if seed is not None else
-                                            int(torch.randint(2**31, (1,)).item()))
-        # One noise pattern per sample, shared by every image: maps do not depend on batch
-        # composition, so a batch equals the images one by one.
-        noise = self._layout(torch.randn((n_iter,) + tuple(x.shape[1:]), generator=gen)
-                             .to(self.dnn.device))
-
-        from .passes import gradient_sums  # passes builds on this module
-        # the mean of plain gradient maps: a weighted gradient sum (see passes)
-        summed = mode == "mean" and to_layer is None and \
-            type(self)._attribute is SaliencyImage._attribute
-        mean = torch.full((n_iter,), 1.0 / n_iter, dtype=x.dtype, device=x.device)
-
-        def smooth(xb: torch.Tensor, ub: List[Unit]) -> torch.Tensor:
-            ub = self.fixed_units(xb, ub)  # 'predicted' on the clean image, not each copy
-            span = (xb.flatten(1).amax(1) - xb.flatten(1).amin(1)) * sigma_multiplier
-            if summed:
-                def make(i: int, k0: int, k1: int, out: torch.Tensor) -> torch.Tensor:
-                    return torch.addcmul(xb[i], noise[k0:k1], span[i], out=out)
-                return gradient_sums(self, xb, ub, n_iter, make, mean, self.relu_mode)
-            noisy = xb[:, None] + noise[None] * span.view(-1, 1, *[1] * (xb.ndim - 1))
-            rows, urows = noisy.flatten(0, 1), [u for u in ub for _ in range(n_iter)]
-            step = max(1, self.rows_per_pass(rows, urows, to_layer, images=len(xb))
-                       // self.rows_per_map)
-            maps = torch.cat([self._attribute(rows[i:i + step], urows[i:i + step], to_layer)
-                              for i in range(0, len(rows), step)])
-            maps = maps.unflatten(0, (len(xb), n_iter))
-            if mode == "mean":
-                return maps.mean(1)
-            if mode == "squared":
-                return (maps * maps).mean(1)
-            return maps.var(1, unbiased=False)
-
-        out = self._run(x, smooth, rows_factor=n_iter)
-        return self._shape(out, batch)
+        from .passes import smooth_maps  # passes builds on this module
+        return smooth_maps(self, image, n_iter, sigma_multiplier, to_layer, seed, mode,
+                           preprocessed)
 
     def gradient(self, x: torch.Tensor, units: Sequence[Unit],
                  to_layer: Optional[str] = None, relu_mode: Optional[str] = None,
@@ -344,10 +305,10 @@ class SaliencyImage:
         rows of ``x``'s shape that fit (at most ``batch_size`` when it was given).
 
         The cost of a row is measured once per input shape and leaf by a one-row probe
-        (:func:`dnnbrain.dnn.algo.budget.probe_row_bytes`, with ``to_layer`` /
-        ``at_output`` / ``keep_values`` as in :meth:`gradient`). Six input-sized buffers per image of the
-        pass's caller (``images``: path ends, sums) and four per map of the whole call
-        (the maps, their concatenation and copies) are set aside first.
+        (:func:`dnnbrain.dnn.algo.budget.probe_row_bytes`, with ``to_layer``,
+        ``at_output`` and ``keep_values`` as in :meth:`gradient`). Six input-sized buffers
+        per image of the pass's caller (``images``: path ends, sums) and four per map of
+        the whole call (the maps, their concatenation and copies) are set aside first.
         """
         if self.memory_budget is None:
             return self.batch_size

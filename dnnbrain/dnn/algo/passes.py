@@ -3,16 +3,19 @@
 * :func:`gradient_sums`: a weighted sum of input gradients over many inputs of each
   image (Integrated Gradients' path points, SmoothGrad's noisy copies), summed at the
   network's affine stem and taken through the stem once per image;
+* :func:`smooth_maps`: SmoothGrad of any method (through :func:`gradient_sums` where the
+  maps are plain gradients and only their mean is asked for);
 * :func:`perturbed_scores`: target scores of perturbed copies without gradients, shared
   across the units of one image (occlusion, Score-CAM).
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
+import numpy as np
 import torch
 
-from .engine import SaliencyImage
+from .engine import SMOOTH_MODES, SaliencyImage
 from .target import Unit, select
 
 #: ``make(i, k0, k1, out)`` writes inputs ``k0 .. k1 - 1`` of row ``i`` into ``out``.
@@ -99,6 +102,56 @@ def _sum_rows(g: torch.Tensor) -> torch.Tensor:
         n, c, h, w = g.shape
         return g.permute(0, 2, 3, 1).reshape(n, -1).sum(0).view(h, w, c).permute(2, 0, 1)
     return g.reshape(len(g), -1).sum(0).view(g.shape[1:])
+
+
+def smooth_maps(method: SaliencyImage, image: Any, n_iter: int, sigma_multiplier: float,
+                to_layer: Optional[str], seed: Optional[int], mode: str,
+                preprocessed: bool) -> np.ndarray:
+    """:meth:`SaliencyImage.backprop_smooth` (see there for the parameters).
+
+    The mean of plain gradient maps (vanilla, guided, deconv: methods that keep the
+    base ``_attribute``) is a weighted gradient sum, :func:`gradient_sums`; any other map
+    is computed per noisy copy and reduced.
+    """
+    if not isinstance(n_iter, int) or n_iter < 1:
+        raise ValueError(f"`n_iter` must be a positive int, got {n_iter!r}")
+    if mode not in SMOOTH_MODES:
+        raise ValueError(f"`mode` must be one of {list(SMOOTH_MODES)}, got {mode!r}")
+    if not sigma_multiplier >= 0:
+        raise ValueError(f"`sigma_multiplier` must be >= 0, got {sigma_multiplier!r}")
+    x, batch = method._prepare(image, preprocessed)
+    gen = torch.Generator().manual_seed(int(seed) if seed is not None else
+                                        int(torch.randint(2**31, (1,)).item()))
+    # One noise pattern per sample, shared by every image: maps do not depend on batch
+    # composition, so a batch equals the images one by one.
+    noise = method._layout(torch.randn((n_iter,) + tuple(x.shape[1:]), generator=gen)
+                           .to(method.dnn.device))
+    summed = mode == "mean" and to_layer is None and \
+        type(method)._attribute is SaliencyImage._attribute
+    mean = torch.full((n_iter,), 1.0 / n_iter, dtype=x.dtype, device=x.device)
+
+    def smooth(xb: torch.Tensor, ub: List[Unit]) -> torch.Tensor:
+        ub = method.fixed_units(xb, ub)  # 'predicted' on the clean image, not each copy
+        span = (xb.flatten(1).amax(1) - xb.flatten(1).amin(1)) * sigma_multiplier
+        if summed:
+            def make(i: int, k0: int, k1: int, out: torch.Tensor) -> torch.Tensor:
+                return torch.addcmul(xb[i], noise[k0:k1], span[i], out=out)
+            return gradient_sums(method, xb, ub, n_iter, make, mean, method.relu_mode)
+        noisy = xb[:, None] + noise[None] * span.view(-1, 1, *[1] * (xb.ndim - 1))
+        rows, urows = noisy.flatten(0, 1), [u for u in ub for _ in range(n_iter)]
+        step = max(1, method.rows_per_pass(rows, urows, to_layer, images=len(xb))
+                   // method.rows_per_map)
+        maps = torch.cat([method._attribute(rows[i:i + step], urows[i:i + step], to_layer)
+                          for i in range(0, len(rows), step)])
+        maps = maps.unflatten(0, (len(xb), n_iter))
+        if mode == "mean":
+            return maps.mean(1)
+        if mode == "squared":
+            return (maps * maps).mean(1)
+        return maps.var(1, unbiased=False)
+
+    out = method._run(x, smooth, rows_factor=n_iter)
+    return method._shape(out, batch)
 
 
 def perturbed_scores(method: SaliencyImage, x: torch.Tensor, units: Sequence[Unit],
