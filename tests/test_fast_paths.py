@@ -209,8 +209,13 @@ def peak_mib(fn):
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-              and e.device_type() == torch.autograd.DeviceType.CPU]
+    try:  # the profiler's event list is not a public API: skip where it moved
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+                  and e.device_type() == torch.autograd.DeviceType.CPU]
+    except AttributeError:
+        pytest.skip("this torch's profiler gives no memory events")
+    if not events:
+        pytest.skip("this torch's profiler recorded no memory events")
     level = peak = 0
     for e in sorted(events, key=lambda e: e.start_ns()):
         level += e.nbytes()
