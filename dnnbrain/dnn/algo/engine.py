@@ -313,7 +313,7 @@ class SaliencyImage:
         if self.memory_budget is None:
             return self.batch_size
         key = (tuple(x.shape[1:]), x.dtype, x.device, self.layer, self.reduce, to_layer,
-               at_output, keep_values, self.relu_mode, self._layout(x[:1]).is_contiguous())
+               at_output, keep_values, self.relu_mode, self._memory_format(x))
         cost: Optional[RowCost] = self._costs.get(key)
         if cost is None:
             row, unit = x[:1], list(units[:1])
@@ -362,12 +362,18 @@ class SaliencyImage:
             raise ValueError(f"target layer {self.layer!r} did not run in the forward pass")
         return cap["output"]
 
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` in the layout the passes use (see :attr:`channels_last`)."""
+    def _memory_format(self, x: torch.Tensor) -> Optional[torch.memory_format]:
+        """``torch.channels_last`` when the passes run ``x`` channels-last (see
+        :attr:`channels_last`), else None (``x`` keeps its layout)."""
         on = self.channels_last
         if on is None:
             on = self.dnn.channels_last and x.device.type == "cpu"
-        return x.contiguous(memory_format=torch.channels_last) if on and x.ndim == 4 else x
+        return torch.channels_last if on and x.ndim == 4 else None
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the layout the passes use (see :attr:`channels_last`)."""
+        fmt = self._memory_format(x)
+        return x if fmt is None else x.contiguous(memory_format=fmt)
 
     def _forward(self, x: torch.Tensor) -> None:
         try:

@@ -65,7 +65,7 @@ def gradient_sums(method: SaliencyImage, x: torch.Tensor, units: Sequence[Unit],
     n, s = len(x), per_row
     stem = method.summed_leaf()
     chunk = method.rows_per_pass(x, units, at_output=stem, images=n, keep_values=False)
-    fmt = _layout_of(method._layout(x[:2]))
+    fmt = method._memory_format(x) or torch.contiguous_format
     total: Optional[torch.Tensor] = None
     for start in range(0, n * s, chunk):
         stop = min(start + chunk, n * s)
@@ -192,8 +192,8 @@ def perturbed_scores(method: SaliencyImage, x: torch.Tensor, units: Sequence[Uni
         for i in range(0, total, method.batch_size):
             # indices are made on the host: no device-to-host sync inside the loop
             k = torch.arange(i, min(i + method.batch_size, total))
-            img_l, img = (k // n_items).tolist(), (k // n_items).to(x.device)
-            item = (k % n_items).to(x.device)
+            img_cpu = k // n_items
+            img_l, img, item = img_cpu.tolist(), img_cpu.to(x.device), (k % n_items).to(x.device)
             out = method.layer_output(make(first_t[img], item), method.layer)
             for j in range(max(len(s) for s in slots)):  # j-th unit of each image
                 rows = [slots[g][min(j, len(slots[g]) - 1)] for g in img_l]
