@@ -4,17 +4,23 @@ A module can run several times in one forward pass (torchvision's ResNet blocks 
 their ``relu`` twice; a user's model may apply one layer at several places). The target
 of a saliency method is then one of those calls:
 
-* ``'last'`` (the default): the last call, as captum explains it (its hooks keep the last
-  output); for a module that runs once it is the first, so nothing changes there;
+* ``'last'``: the last call, as captum explains it (its hooks keep the last output); for a
+  module that runs once it is the first, so nothing changes there;
 * ``'first'``: the first call (what dnnbrain did before the choice existed);
 * an int ``k``: the ``k``-th call, counted from 1 like units; ``-1`` is the last, ``-2``
-  the one before it.
+  the one before it;
+* None (the default): the last call, with a ``UserWarning`` (once per method object and
+  layer) when the layer does run more than once.
 
 The number of calls is counted once per layer and input shape by a no-grad forward pass of
 one row (:func:`count_calls`), so the passes themselves still stop at the explained call.
 """
 from __future__ import annotations
 
+import contextlib
+import numbers
+import os
+import sys
 import warnings
 from typing import Callable, Optional, Union
 
@@ -36,7 +42,7 @@ def check_call(call: Call, name: str = "call") -> Call:
     """
     if call is None or call in CALL_NAMES:
         return call
-    if isinstance(call, bool) or not isinstance(call, int):
+    if isinstance(call, bool) or not isinstance(call, numbers.Integral):
         if isinstance(call, str):
             raise ValueError(f"`{name}` must be one of {list(CALL_NAMES)} or a nonzero int "
                              f"(from 1; -1 is the last call), got {call!r}")
@@ -101,6 +107,16 @@ def count_calls(module: nn.Module, forward: Callable[[], object]) -> int:
     return n[0]
 
 
+def _outside_stacklevel() -> int:
+    """``stacklevel`` of the first caller outside dnnbrain (and contextlib), for warnings."""
+    inside = (os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+              os.path.dirname(contextlib.__file__) + os.sep + "contextlib")
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class CallCounts:
     """A method's call counts, one per layer and input shape, and the layers it warned
     about (one warning per layer and method object)."""
@@ -127,5 +143,5 @@ class CallCounts:
             warnings.warn(f"target layer {layer!r} runs {n} times in one forward pass; {who} "
                           "explains its last call (as captum does): pass call='first', "
                           "'last' or an index (from 1, -1 the last) to set_layer to choose",
-                          stacklevel=6)
+                          stacklevel=_outside_stacklevel())
         return call_index(call, n, layer)

@@ -322,8 +322,8 @@ class SaliencyImage:
         """
         if self.memory_budget is None:
             return self.batch_size
-        key = (tuple(x.shape[1:]), x.dtype, x.device, self.layer, self.reduce, to_layer,
-               at_output, keep_values, self.relu_mode, self._memory_format(x))
+        key = (tuple(x.shape[1:]), x.dtype, x.device, self.layer, self.call, self.reduce,
+               to_layer, at_output, keep_values, self.relu_mode, self._memory_format(x))
         cost: Optional[RowCost] = self._costs.get(key)
         if cost is None:
             row, unit = x[:1], list(units[:1])
