@@ -1,5 +1,6 @@
 """The saliency engine: known answers, targets, batching, early exit, ReLU rules, hygiene."""
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from torch import nn
 
 from dnnbrain.dnn.algo import (DeconvSaliencyImage, GradientXInputImage, GuidedSaliencyImage,
                                VanillaSaliencyImage)
+from dnnbrain.dnn.algo.integrated import IntegratedGradients
 from dnnbrain.dnn.algo.relu import DeconvReLU, GuidedReLU
 from dnnbrain.dnn.base import ImageTransform
 from dnnbrain.dnn.models import DNN
@@ -282,3 +284,227 @@ def test_smoothgrad_predicted_is_fixed_on_the_clean_image(conv_dnn):
         fixed = VanillaSaliencyImage(conv_dnn, "fc", int(pred[i]))
         assert np.allclose(got[i], fixed.backprop_smooth(x[i], 5, 2.0, seed=3,
                                                          preprocessed=True), atol=1e-6)
+
+
+# ------------------------------------------------------------------ a target called twice
+class Counter(nn.Module):
+    """Identity that counts its calls (shows what ran past the target)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def forward(self, x):
+        self.n += 1
+        return x
+
+
+class Twice(nn.Module):
+    """z = W0 x; a = lin(z); b = lin(a); out = head(b): ``lin`` runs twice."""
+
+    W0 = torch.tensor([[1., 0., -1., 2., 0., 1., 0., 0., 1., -2., 0., 1.],
+                       [0., 1., 1., 0., -1., 0., 2., 1., 0., 0., 1., -1.]])
+    L = torch.tensor([[1., 2.], [-1., 1.]])
+    H = torch.tensor([[1., 0.], [2., -1.]])
+
+    def __init__(self):
+        super().__init__()
+        self.fc0 = nn.Linear(12, 2, bias=False)
+        self.lin, self.head = nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)
+        self.after = Counter()
+        with torch.no_grad():
+            for m, w in ((self.fc0, self.W0), (self.lin, self.L), (self.head, self.H)):
+                m.weight.copy_(w)
+
+    def forward(self, x):
+        return self.after(self.head(self.lin(self.lin(self.fc0(x.flatten(1))))))
+
+
+def twice_dnn():
+    return DNN(Twice(), layers={"fc0": "fc0", "lin": "lin", "head": "head", "after": "after"},
+               test_transform=ImageTransform(None))
+
+
+def flat(a):
+    return np.asarray(a).reshape(len(a), -1)
+
+
+def test_target_called_twice_explains_the_chosen_call():
+    dnn, x = twice_dnn(), torch.randn(3, 3, 2, 2)
+    W0, L = Twice.W0, Twice.L
+    first = {u: (L @ W0)[u - 1].numpy() for u in (1, 2)}         # d lin(z)[u] / dx
+    last = {u: (L @ L @ W0)[u - 1].numpy() for u in (1, 2)}      # d lin(lin(z))[u] / dx
+    assert not np.allclose(first[1], last[1])
+    sal = VanillaSaliencyImage(dnn)
+    with pytest.warns(UserWarning, match=r"'lin' runs 2 times .* last call .* call='first'"):
+        got = sal.set_layer("lin", 1).backprop(x, preprocessed=True)  # default: the last
+    assert np.allclose(flat(got), last[1], atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per method object and layer
+        sal.set_layer("lin", 2).backprop(x[:1], preprocessed=True)
+        for call, expect in (("first", first), (1, first), (-2, first), ("last", last),
+                             (2, last), (-1, last)):
+            fresh = VanillaSaliencyImage(dnn).set_layer("lin", 2, call=call)  # no warning
+            assert fresh.call == call
+            assert np.allclose(flat(fresh.backprop(x, preprocessed=True)), expect[2],
+                               atol=1e-6), call
+        z = x.flatten(1) @ W0.T
+        act = VanillaSaliencyImage(dnn).set_layer("lin", 1, call="first").activation(x, [1])
+        assert torch.allclose(act, (z @ L.T)[:, 0])
+        act = VanillaSaliencyImage(dnn).set_layer("lin", 1, call=-1).activation(x, [1])
+        assert torch.allclose(act, (z @ L.T @ L.T)[:, 0])
+        # a guided map and IG follow the same call
+        ig = IntegratedGradients(dnn, steps=4).set_layer("lin", 1, call="first")
+        assert np.allclose(ig.backprop(x, preprocessed=True).sum((1, 2, 3)),
+                           (z @ L.T)[:, 0].numpy(), atol=1e-5)  # completeness, zero baseline
+    assert hook_dicts_empty(dnn.model)
+
+
+def test_bad_call_says_what_is_valid():
+    dnn, x = twice_dnn(), torch.randn(2, 3, 2, 2)
+    sal = VanillaSaliencyImage(dnn)
+    with pytest.raises(ValueError, match=r"`call` must be a nonzero int .* got 0"):
+        sal.set_layer("lin", 1, call=0)
+    with pytest.raises(ValueError, match=r"must be one of \['first', 'last'\] .* 'middle'"):
+        sal.set_layer("lin", 1, call="middle")
+    for bad in (1.5, True, [1]):
+        with pytest.raises(TypeError, match="`call` must be 'first', 'last' or a nonzero int"):
+            sal.set_layer("lin", 1, call=bad)
+    for call in (3, -3):
+        with pytest.raises(ValueError, match=rf"`call` {call} of layer 'lin': .* runs 2 times"):
+            sal.set_layer("lin", 1, call=call).backprop(x, preprocessed=True)
+        assert hook_dicts_empty(dnn.model)  # after an error, too
+    with pytest.raises(ValueError, match=r"`call` 2 of layer 'head': the layer runs 1 time "):
+        sal.set_layer("head", 1, call=2).backprop(x, preprocessed=True)
+    assert hook_dicts_empty(dnn.model)
+
+
+def test_leaves_are_the_latest_call_before_the_explained_one():
+    dnn, x = twice_dnn(), torch.randn(2, 3, 2, 2)
+    L, H = Twice.L, Twice.H
+    sal = VanillaSaliencyImage(dnn, "head", 2)
+    # to_layer: lin's input at its second call (the one that feeds head), not at its first
+    got = sal.backprop(x, to_layer="lin", preprocessed=True)
+    assert np.allclose(got, np.broadcast_to((H @ L)[1].numpy(), (2, 2)), atol=1e-6)
+    grad, act = sal.gradient(x, [2], at_output="lin")
+    z = x.flatten(1) @ Twice.W0.T
+    assert torch.allclose(grad, H[1].expand(2, 2)) and torch.allclose(act, z @ L.T @ L.T)
+    assert torch.allclose(sal.layer_output(x, "lin"), z @ L.T @ L.T)
+    # the leaf is the target itself: the explained call's own output
+    for call, expect in (("first", z @ L.T), ("last", z @ L.T @ L.T)):
+        sal = VanillaSaliencyImage(dnn).set_layer("lin", 1, call=call)
+        grad, act = sal.gradient(x, [1], at_output="lin")
+        assert torch.allclose(act, expect) and torch.allclose(grad, torch.tensor([1., 0.]))
+        assert torch.allclose(sal.layer_output(x, "lin"), expect)
+    assert hook_dicts_empty(dnn.model)
+
+
+def test_call_count_probe_runs_once_per_shape_and_first_never_runs_past():
+    dnn, x = twice_dnn(), torch.randn(4, 3, 2, 2)
+    counter = dnn.model.after
+    sal = VanillaSaliencyImage(dnn, "lin", 1, batch_size=2).set_layer("lin", 1, call="first")
+    sal.backprop(x, preprocessed=True)
+    sal.backprop_smooth(x, 3, seed=0, preprocessed=True)
+    assert counter.n == 0  # stopped at the target: nothing after it ran
+    sal = VanillaSaliencyImage(dnn, "head", 1, batch_size=2)  # runs once: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            sal.backprop(x, preprocessed=True)
+        assert counter.n == 1  # one probe (one row, full forward) for this shape
+        sal.backprop(torch.randn(1, 3, 4, 1), preprocessed=True)
+        assert counter.n == 2  # a new input shape is counted again
+    assert hook_dicts_empty(dnn.model)
+
+
+def test_call_reaches_the_registry_smoothgrad_and_cams():
+    from dnnbrain.dnn.algo import saliency
+    from dnnbrain.dnn.algo.registry import make_method
+    dnn, x = twice_dnn(), torch.randn(2, 3, 2, 2)
+    first = (Twice.L @ Twice.W0)[0].numpy()
+    got = saliency(dnn, x, "vanilla", layer="lin", unit=1, call="first", preprocessed=True)
+    assert np.allclose(flat(got), first, atol=1e-6)
+    sg = make_method(dnn, "smoothgrad", "lin", 1, call=1, n_samples=2, sigma_multiplier=0.0)
+    assert sg.method.call == 1
+    assert np.allclose(flat(sg.backprop(x, preprocessed=True)), first, atol=1e-6)
+    with pytest.raises(ValueError, match="`call` 'first' needs a target `layer`"):
+        make_method(dnn, "vanilla", call="first")
+
+
+class ConvTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(self.conv(x)).mean((2, 3)))
+
+
+def test_cams_on_a_conv_called_twice_use_the_explained_call():
+    from dnnbrain.dnn.algo.cam import GradCAM, ScoreCAM
+    from dnnbrain.dnn.algo.occlusion import UpsampledActivation
+    dnn = DNN(ConvTwice(), layers={"conv": "conv", "fc": "fc"},
+              test_transform=ImageTransform(None))
+    x, conv = torch.randn(2, 3, 6, 6), dnn.model.conv
+    with torch.no_grad():
+        acts = {"first": conv(x), "last": conv(conv(x))}
+    for call, act in acts.items():
+        # Grad-CAM of channel 2 (mean) at its own layer: weight 1/36 on channel 2 only
+        cam = GradCAM(dnn, cam_layer="conv").set_layer("conv", 2, call=call)
+        got = cam.backprop(x, preprocessed=True)
+        assert np.allclose(got, act[:, 1].clamp(min=0).numpy() / 36, atol=1e-6), call
+        up = UpsampledActivation(dnn).set_layer("conv", 2, call=call)
+        assert np.allclose(up.backprop(x, preprocessed=True), act[:, 1].numpy(), atol=1e-6)
+    # Score-CAM's CAM layer before a target that runs once: the CAM layer's latest call
+    sc = ScoreCAM(dnn, cam_layer="conv").set_layer("fc", 1)
+    assert torch.allclose(sc.layer_output(x, "conv"), acts["last"])
+    assert sc.backprop(x, preprocessed=True).shape == (2, 6, 6)
+    assert hook_dicts_empty(dnn.model)
+
+
+def test_run_config_call_key_checked_and_used_by_the_runner():
+    from types import SimpleNamespace
+    from dnnbrain.batch import load_config
+    from dnnbrain.batch.runner import _load_batch
+    from dnnbrain.io.stim import demo_stimulus_file
+    base = {"model": {"name": "ShapeNet"}, "stimuli": str(demo_stimulus_file()),
+            "targets": [{"layer": "fc2", "units": [1]}], "methods": ["vanilla"]}
+    for bad, hint in (("middle", "must be one of ['first', 'last']"), (0, "nonzero int"),
+                      (1.5, "nonzero int")):
+        cfg = dict(base, targets=[{"layer": "fc2", "units": [1], "call": bad}])
+        with pytest.raises(ValueError, match=r"targets\[0\]\.call: must") as err:
+            load_config(cfg)
+        assert hint in str(err.value)
+    cfg = load_config(dict(base, targets=[{"layer": "fc2", "units": [1], "call": "first"}]))
+    assert cfg["targets"][0]["call"] == "first"
+    assert "call" not in load_config(base)["targets"][0]  # the default leaves digests alone
+    # the manifest's activation is the explained call's
+    dnn, x = twice_dnn(), torch.randn(3, 3, 2, 2)
+    targets = [{"layer": "lin", "units": [1, 2], "reduce": "mean", "call": c}
+               for c in ("first", None, 2)]
+    batch = _load_batch(dnn, SimpleNamespace(config={"targets": targets}),
+                        SimpleNamespace(start=0), x, torch.device("cpu"))
+    z = x.flatten(1) @ Twice.W0.T
+    assert np.allclose(batch.stats[0][0], (z @ Twice.L.T).numpy(), atol=1e-6)
+    for t in (1, 2):
+        assert np.allclose(batch.stats[t][0], (z @ Twice.L.T @ Twice.L.T).numpy(), atol=1e-6)
+    assert hook_dicts_empty(dnn.model)
+
+
+def test_hooks_never_outlive_a_call_when_the_model_fails():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2), Boom())
+    dnn = DNN(model, layers={"fc": "1", "boom": "2"}, test_transform=ImageTransform(None))
+    x = torch.randn(2, 3, 2, 2)
+    # the call-count probe runs past the target into Boom: counted up to the failure
+    out = VanillaSaliencyImage(dnn, "fc", 1).backprop(x, preprocessed=True)
+    assert np.allclose(flat(out), model[1].weight[0].detach().numpy())
+    assert hook_dicts_empty(model)
+    for cls in (VanillaSaliencyImage, GuidedSaliencyImage):
+        with pytest.raises(RuntimeError, match="a layer after the target ran"):
+            cls(dnn, "boom", 1).backprop(x, preprocessed=True)  # fails in the probe
+        with pytest.raises(RuntimeError, match="a layer after the target ran"):
+            cls(dnn, "boom", 1).set_layer("boom", 1, call="first").backprop(
+                x, preprocessed=True)  # fails in the pass
+        assert hook_dicts_empty(model)

@@ -102,3 +102,34 @@ def test_dnnbrain_seed_examples_run_verbatim(cls, var, tmp_path, monkeypatch):
     arr = np.asarray(namespace["img_out"])  # before JPEG compression
     assert arr.max() == 255 and arr.min() == 0  # min-max rescaled to 0..255
     assert os.path.exists(tmp_path / f"n03223299_27176_{var}_saliency.JPEG")
+
+
+def test_a_module_called_twice_matches_captum_last_call():
+    """torchvision's BasicBlock runs its ``relu`` twice: dnnbrain's default (the last call)
+    and its CAM layer (the latest call before the target) agree with captum, which keeps
+    the last call; ``call='first'`` explains the other one."""
+    import warnings
+
+    from dnnbrain.dnn.algo.cam import GradCAM
+    torch.manual_seed(0)
+    dnn = Resnet18(pretrained=False)
+    model, x = dnn.model, torch.randn(2, 3, 64, 64)
+    relu = model.layer1[0].relu
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ours = VanillaSaliencyImage(dnn, "layer1.0.relu", 3).backprop(x, preprocessed=True)
+    model.eval()
+    ref = captum.NeuronGradient(model, relu).attribute(
+        x.contiguous(memory_format=torch.channels_last),
+        neuron_selector=lambda o: o[:, 2].flatten(1).mean(1)).numpy()
+    scale = np.abs(ref).max()
+    assert np.abs(ours - ref).max() <= 1e-5 * scale
+    first = VanillaSaliencyImage(dnn).set_layer("layer1.0.relu", 3, call="first") \
+        .backprop(x, preprocessed=True)
+    assert np.abs(first - ref).max() > 1e-2 * scale
+    cam = GradCAM(dnn, cam_layer="layer1.0.relu", upsample=False).set_layer("fc", 7)
+    got = cam.backprop(x, preprocessed=True)
+    ref = captum.LayerGradCam(model, relu).attribute(
+        x.contiguous(memory_format=torch.channels_last), target=6,
+        relu_attributions=True)[:, 0].detach().numpy()
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import matplotlib
 import torch
 
+from ..dnn.algo.calls import check_call
 from ..dnn.algo.engine import SaliencyImage
 from ..dnn.algo.registry import get_method, method_names
 from ..dnn.algo.target import REDUCE, static_size
@@ -120,6 +121,11 @@ def targets(p: Problems, value: Any, dnn: Optional[DNN]) -> Optional[List[Dict[s
         reduce = string(p, key(path, "reduce"), d.get("reduce", DEFAULTS["reduce"]), REDUCE)
         units = _units(p, key(path, "units"), d["units"], dnn, layer) if "units" in d else None
         out.append({"layer": layer, "units": units, "reduce": reduce})
+        if d.get("call") is not None:  # absent: the engine's default (digests unchanged)
+            try:
+                out[-1]["call"] = check_call(d["call"])
+            except (TypeError, ValueError) as e:
+                p.add(key(path, "call"), str(e).replace("`call` ", "", 1))
         for j, u in enumerate(units or []):
             where = (layer, unit_folder(u))
             if layer is not None and where in folders:

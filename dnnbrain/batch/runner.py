@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..dnn.algo.calls import call_index
 from ..dnn.algo.engine import eval_mode
 from ..dnn.algo.registry import make_method
 from ..dnn.algo.target import predicted_units, select
@@ -109,12 +110,12 @@ def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
     stimulus and, via hooks, every target's unit activations (and predicted units)."""
     x = x_cpu.to(device)
     targets = prep.config["targets"]
-    stats: Dict[int, Tuple[np.ndarray, List[List[str]]]] = {}
+    calls: Dict[int, List[Tuple[np.ndarray, List[List[str]]]]] = {}  # target -> per call
 
     def hook(layer: str):
         def fn(module, inputs, out):
             for t, tg in enumerate(targets):
-                if tg["layer"] != layer or t in stats or not isinstance(out, torch.Tensor):
+                if tg["layer"] != layer or not isinstance(out, torch.Tensor):
                     continue
                 acts, actual = [], []
                 for u in tg["units"]:
@@ -122,7 +123,8 @@ def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
                     acts.append(select(out, [uu], layer, tg["reduce"]))
                     actual.append([str(v) for v in predicted_units(out, tg["reduce"])]
                                   if u == "predicted" else [unit_text(u)] * len(out))
-                stats[t] = (torch.stack(acts, 1).float().cpu().numpy(), actual)
+                calls.setdefault(t, []).append((torch.stack(acts, 1).float().cpu().numpy(),
+                                                actual))
         return fn
 
     handles = []
@@ -135,6 +137,9 @@ def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
         for h in handles:
             h.remove()
     logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+    # the call the maps explain (the target's `call`; see dnnbrain.dnn.algo.calls)
+    stats = {t: got[call_index(targets[t].get("call"), len(got), targets[t]["layer"]) - 1]
+             for t, got in calls.items()}
     missing = [f"targets[{t}] ({tg['layer']!r})" for t, tg in enumerate(targets)
                if t not in stats]
     if missing:
@@ -205,7 +210,8 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
                     m.pop("label")
                     uu = [tuple(u) if isinstance(u, list) else u for u in t["units"]]
                     objs[it.target, it.method] = make_method(
-                        dnn, name, t["layer"], uu, t["reduce"], cfg["batch_size"], **m)
+                        dnn, name, t["layer"], uu, t["reduce"], cfg["batch_size"],
+                        t.get("call"), **m)
                 torch.manual_seed(cfg["seed"] + it.index)
                 tic = time.perf_counter()
                 maps = objs[it.target, it.method].backprop(batch.x, preprocessed=True)

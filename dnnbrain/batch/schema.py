@@ -16,7 +16,7 @@ TOP_KEYS = ("title", "model", "stimuli", "targets", "methods", "outputs", "batch
 MODEL_NAMED_KEYS = ("name", "weights", "pretrained", "device")
 MODEL_FACTORY_KEYS = ("factory", "kwargs", "layers", "img_size", "mean", "std", "device")
 #: Keys of one ``targets`` entry.
-TARGET_KEYS = ("layer", "units", "reduce")
+TARGET_KEYS = ("layer", "units", "reduce", "call")
 #: Keys of ``outputs``.
 OUTPUT_KEYS = ("dir", "save", "colormap", "percentile", "alpha")
 #: File kinds ``outputs.save`` accepts, and the file ending each one gets.

@@ -49,7 +49,7 @@ class _CAM(SaliencyImage):
             if not isinstance(value, bool):
                 raise TypeError(f"`{name}` must be a bool, got {value!r}")
         self.cam_layer, self.relu, self.upsample = cam_layer, relu, upsample
-        self._resolved: Dict[str, str] = {}  # target layer -> CAM layer, found by a probe
+        self._resolved: Dict[tuple, str] = {}  # (target layer, call) -> CAM layer (probe)
 
     def resolve_cam_layer(self, image: Any, preprocessed: bool = False) -> str:
         """The CAM layer used for the current target and ``image``.
@@ -82,11 +82,11 @@ class _CAM(SaliencyImage):
         return self._cam_name(x)
 
     def _cam_name(self, x: torch.Tensor) -> str:
-        if self.layer in self._resolved:
-            return self._resolved[self.layer]
+        if (self.layer, self.call) in self._resolved:
+            return self._resolved[self.layer, self.call]
         target = self.dnn.layer2module(self.layer)
         ran: List[nn.Module] = []
-        with self._hooks() as cap, torch.no_grad():  # eval mode + stop at the target
+        with self._hooks(x=x[:1]) as cap, torch.no_grad():  # eval mode, stop at the target
             handles = []
             try:
                 for m in self.dnn.model.modules():
@@ -115,7 +115,7 @@ class _CAM(SaliencyImage):
             name = self._name_of(convs[-1])
             log.info("%s: cam_layer %r for target layer %r", type(self).__name__, name,
                      self.layer)
-        self._resolved[self.layer] = name
+        self._resolved[self.layer, self.call] = name
         return name
 
     def _name_of(self, module: nn.Module) -> str:
@@ -242,7 +242,7 @@ class ScoreCAM(_CAM):
     @property
     def rows_per_map(self) -> int:  # type: ignore[override]
         """Forward rows per map: the CAM layer's channels when known, else ``batch_size``."""
-        name = self._resolved.get(self.layer, self.cam_layer) if self.layer else None
+        name = self._resolved.get((self.layer, self.call), self.cam_layer) if self.layer else None
         n = static_size(self.dnn.layer2module(name)) if name is not None else 0
         return n if n > 0 else self.batch_size
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..base import to_input
 from ..models import DNN
+from .calls import Call, CallCounts, check_call
 from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
 from .relu import relu_override
 from .target import REDUCE, Unit, check_units, resolve_predicted, select, static_size
@@ -125,11 +126,14 @@ class SaliencyImage:
         self.units: List[Unit] = []
         self._many = False
         self.reduce = "mean"
+        self.call: Call = None
+        self._calls = CallCounts()
         if from_layer is not None or from_chn is not None:
             self.set_layer(from_layer, from_chn)
 
     # ---------------------------------------------------------------- target
-    def set_layer(self, layer: str, unit: Any, reduce: str = "mean") -> "SaliencyImage":
+    def set_layer(self, layer: str, unit: Any, reduce: str = "mean",
+                  call: Call = None) -> "SaliencyImage":
         """Aim at ``unit`` of ``layer``.
 
         Parameters
@@ -140,6 +144,11 @@ class SaliencyImage:
             Counted from 1. A list gives one map per unit along an extra axis.
         reduce : {'mean', 'max'}
             How a conv channel's map becomes one number.
+        call : None, 'first', 'last' or int
+            Which call is explained when the layer's module runs more than once in one
+            forward pass: ``'first'``, ``'last'``, or the ``k``-th (from 1; ``-1`` is the
+            last). None (default): the last, as captum does, with a one-time warning
+            when the layer does run more than once (see :mod:`dnnbrain.dnn.algo.calls`).
 
         Returns
         -------
@@ -149,8 +158,9 @@ class SaliencyImage:
         module = self.dnn.layer2module(layer)
         if reduce not in REDUCE:
             raise ValueError(f"`reduce` must be one of {list(REDUCE)}, got {reduce!r}")
+        call = check_call(call)
         self.units, self._many = check_units(unit, static_size(module))
-        self.layer, self.reduce = layer, reduce
+        self.layer, self.reduce, self.call = layer, reduce, call
         return self
 
     def get_layer(self) -> Tuple[Optional[str], Any]:
@@ -252,7 +262,7 @@ class SaliencyImage:
             raise ValueError("give `to_layer` or `at_output`, not both")
         inner = to_layer is not None or at_output is not None
         tap = inner and not keep_values and not create_graph
-        with self._hooks(to_layer, at_output, grad_from_leaf=inner, tap=tap) as cap, \
+        with self._hooks(to_layer, at_output, grad_from_leaf=inner, tap=tap, x=x) as cap, \
                 torch.enable_grad():
             # with an inner leaf, nothing before it needs a graph: forward without one, the
             # leaf's hook switches recording on (no_grad's exit restores the mode)
@@ -292,7 +302,7 @@ class SaliencyImage:
         ``x`` (``(B, 3, H, W)``, one row per row of ``grad``) serves a sum of gradients
         taken at any inputs, ``J^T sum_k g_k = sum_k J^T g_k``.
         """
-        with self._hooks(target=self.dnn.stem) as cap, torch.enable_grad():
+        with self._hooks(target=self.dnn.stem, x=x) as cap, torch.enable_grad():
             xg = self._layout(x.detach()).requires_grad_(True)
             self._forward(xg)
             (out,) = torch.autograd.grad(self._target_output(cap), xg, grad)
@@ -312,8 +322,8 @@ class SaliencyImage:
         """
         if self.memory_budget is None:
             return self.batch_size
-        key = (tuple(x.shape[1:]), x.dtype, x.device, self.layer, self.reduce, to_layer,
-               at_output, keep_values, self.relu_mode, self._memory_format(x))
+        key = (tuple(x.shape[1:]), x.dtype, x.device, self.layer, self.call, self.reduce,
+               to_layer, at_output, keep_values, self.relu_mode, self._memory_format(x))
         cost: Optional[RowCost] = self._costs.get(key)
         if cost is None:
             row, unit = x[:1], list(units[:1])
@@ -329,14 +339,25 @@ class SaliencyImage:
 
     def activation(self, x: torch.Tensor, units: Sequence[Unit]) -> torch.Tensor:
         """Scores ``(B,)`` of each row's unit, without gradients (forward stops at the layer)."""
-        with self._hooks() as cap, torch.no_grad():
+        with self._hooks(x=x) as cap, torch.no_grad():
             self._forward(x)
             return select(self._target_output(cap), units, self.layer, self.reduce)
 
     def layer_output(self, x: torch.Tensor, layer: str) -> torch.Tensor:
-        """Output of any ``layer`` for ``x``, without gradients; the forward pass stops
-        there. ``(B, C, ...)`` on the device."""
-        with self._hooks(target=layer) as cap, torch.no_grad():
+        """Output of any ``layer`` for ``x``, without gradients: ``(B, C, ...)`` on the
+        device. The target layer's is its explained call (:meth:`set_layer`), where the
+        pass stops; another's is its latest call before that (as ``at_output``), or
+        without a target its first."""
+        if self.layer is not None and \
+                self.dnn.layer2module(layer) is not self.dnn.layer2module(self.layer):
+            with self._hooks(at_output=layer, x=x) as cap, torch.no_grad():
+                self._forward(x)
+                self._target_output(cap)
+                if "act" not in cap:
+                    raise ValueError(f"layer {layer!r} does not run before the target "
+                                     f"layer {self.layer!r}")
+                return cap["act"].detach()
+        with self._hooks(target=layer, x=x) as cap, torch.no_grad():
             self._forward(x)
             if "output" not in cap:
                 raise ValueError(f"layer {layer!r} did not run in the forward pass")
@@ -359,8 +380,25 @@ class SaliencyImage:
     # ---------------------------------------------------------------- machinery
     def _target_output(self, cap: dict) -> torch.Tensor:
         if "output" not in cap:
+            if cap.get("calls"):
+                n = cap["calls"]
+                raise ValueError(f"`call` {self.call} of layer {self.layer!r}: the layer runs "
+                                 f"{n} time{'s' if n != 1 else ''} in one forward pass")
             raise ValueError(f"target layer {self.layer!r} did not run in the forward pass")
         return cap["output"]
+
+    def _stop_call(self, module: nn.Module, x: Optional[torch.Tensor]) -> int:
+        """The call of ``module`` the forward pass stops at (from 1): the explained call
+        of the target layer's module (:class:`~dnnbrain.dnn.algo.calls.CallCounts`:
+        counted once per input shape by a no-grad forward of one row of ``x`` where the
+        choice needs it), else the first."""
+        if self.layer is None or module is not self.dnn.layer2module(self.layer):
+            return 1
+        key = (self.layer,) if x is None else (
+            self.layer, tuple(x.shape[1:]), x.dtype, x.device, self._memory_format(x))
+        return self._calls.stop_at(self.call, self.layer, module, key,
+                                   lambda: self.dnn.model(self._layout(x[:1].detach())),
+                                   type(self).__name__)
 
     def _memory_format(self, x: torch.Tensor) -> Optional[torch.memory_format]:
         """``torch.channels_last`` when the passes run ``x`` channels-last (see
@@ -384,15 +422,17 @@ class SaliencyImage:
     @contextlib.contextmanager
     def _hooks(self, to_layer: Optional[str] = None, at_output: Optional[str] = None,
                target: Optional[str] = None, grad_from_leaf: bool = False,
-               tap: bool = False) -> Iterator[dict]:
+               tap: bool = False, x: Optional[torch.Tensor] = None) -> Iterator[dict]:
         """Hooks for one forward pass: capture ``target``'s output (default: the target
-        layer) and stop there; capture ``to_layer``'s input or ``at_output``'s output as
-        gradient leaves (``tap``: through :class:`_Tap`, without a copy, where the tensor
-        is not a view). Hooks and eval mode last exactly as long as the ``with`` block."""
+        layer) at its explained call (:meth:`_stop_call`; ``x``: the pass's input, for the
+        call count) and stop there; capture ``to_layer``'s input or ``at_output``'s output
+        at their most recent call before that as gradient leaves (``tap``: through
+        :class:`_Tap`, without a copy, where the tensor is not a view). Hooks and eval
+        mode last exactly as long as the ``with`` block."""
         target = target if target is not None else self.layer
         if target is None:
             raise ValueError("no target: call set_layer(layer, unit) first")
-        cap: dict = {}
+        cap: dict = {"calls": 0}
 
         def leaf(t: torch.Tensor, key: str) -> torch.Tensor:
             if grad_from_leaf:
@@ -401,17 +441,18 @@ class SaliencyImage:
                 cap[key] = torch.zeros((), dtype=t.dtype, device=t.device, requires_grad=True)
                 cap["sink"] = []
                 return _Tap.apply(t, cap[key], cap["sink"])
+            cap.pop("sink", None)  # a later call replaces an earlier tapped leaf
             cap[key] = t.detach().requires_grad_(True)
             # the model continues on a copy, so an in-place layer cannot overwrite the leaf
             return cap[key].clone()
 
         def grab_input(module, inputs):
-            if "input" in cap or "output" in cap:
+            if "output" in cap:
                 return None
             return (leaf(inputs[0], "input"),) + tuple(inputs[1:])
 
         def grab_output(module, inputs, output):
-            if "act" in cap or "output" in cap:
+            if "output" in cap:
                 return None
             if not isinstance(output, torch.Tensor):
                 raise ValueError(f"`at_output` layer {at_output!r} returns "
@@ -419,12 +460,15 @@ class SaliencyImage:
             return leaf(output, "act")
 
         def stop(module, inputs, output):
-            cap["output"] = output
-            raise _StopForward
+            cap["calls"] += 1
+            if cap["calls"] == stop_at:
+                cap["output"] = output
+                raise _StopForward
 
         handles = []
         try:
             with eval_mode(self.dnn.model):
+                stop_at = self._stop_call(self.dnn.layer2module(target), x)
                 if to_layer is not None:
                     handles.append(self.dnn.layer2module(to_layer)
                                    .register_forward_pre_hook(grab_input))

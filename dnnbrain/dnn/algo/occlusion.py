@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import DNN
+from .calls import Call
 from .checks import no_to_layer
 from .engine import SaliencyImage
 from .passes import perturbed_scores
@@ -192,7 +193,8 @@ class UpsampledActivation(SaliencyImage):
         self.mode = mode
         super().__init__(dnn, from_layer, from_chn, batch_size)
 
-    def set_layer(self, layer: str, unit: Any, reduce: str = "mean") -> "UpsampledActivation":
+    def set_layer(self, layer: str, unit: Any, reduce: str = "mean",
+                  call: Call = None) -> "UpsampledActivation":
         """Aim at channel ``unit`` (from 1, or ``'predicted'``) of ``layer``; see
         :meth:`SaliencyImage.set_layer`.
 
@@ -206,7 +208,7 @@ class UpsampledActivation(SaliencyImage):
                 raise ValueError(f"`unit` must be a channel (int from 1) or 'predicted' for "
                                  f"UpsampledActivation (the map is a whole channel), got "
                                  f"{u!r}")
-        super().set_layer(layer, unit, reduce)
+        super().set_layer(layer, unit, reduce, call)
         return self
 
     def _attribute(self, x: torch.Tensor, units: List[Unit],

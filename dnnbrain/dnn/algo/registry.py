@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..models import DNN
+from .calls import Call
 
 #: name -> "module:Class" inside dnnbrain.dnn.algo (imported on first use).
 METHODS: Dict[str, str] = {
@@ -51,18 +52,22 @@ def get_method(name: str) -> type:
 
 
 def make_method(dnn: DNN, method: str, layer: Optional[str] = None, unit: Any = None,
-                reduce: str = "mean", batch_size: Optional[int] = None, **params: Any):
-    """Instantiate a registered method with its parameters and (optionally) its target."""
+                reduce: str = "mean", batch_size: Optional[int] = None, call: Call = None,
+                **params: Any):
+    """Instantiate a registered method with its parameters and (optionally) its target
+    (``layer``, ``unit``, ``reduce`` and ``call`` as :meth:`SaliencyImage.set_layer`)."""
     obj = get_method(method)(dnn, batch_size=batch_size, **params)
     if layer is not None:
-        obj.set_layer(layer, unit, reduce)
+        obj.set_layer(layer, unit, reduce, call)
+    elif call is not None:
+        raise ValueError(f"`call` {call!r} needs a target `layer`")
     return obj
 
 
 def saliency(dnn: DNN, images: Any, method: str = "vanilla", layer: Optional[str] = None,
              unit: Any = None, reduce: str = "mean", to_layer: Optional[str] = None,
              preprocessed: bool = False, batch_size: Optional[int] = None,
-             **params: Any) -> np.ndarray:
+             call: Call = None, **params: Any) -> np.ndarray:
     """One call: the ``method`` map of ``unit`` of ``layer`` for ``images``.
 
     Parameters
@@ -85,6 +90,9 @@ def saliency(dnn: DNN, images: Any, method: str = "vanilla", layer: Optional[str
         ``images`` is already ``test_transform`` output.
     batch_size : int or None
         Rows per pass (None: 32, or as many as fit in a ``memory_budget`` param).
+    call : None, 'first', 'last' or int
+        Which call of ``layer`` is explained when its module runs more than once per
+        forward pass (from 1, ``-1`` the last; None: the last, with a warning).
     **params
         The method's own parameters (``steps``, ``baseline``, ``cam_layer`` ...).
 
@@ -96,7 +104,7 @@ def saliency(dnn: DNN, images: Any, method: str = "vanilla", layer: Optional[str
     """
     layer = layer if layer is not None else dnn.layers[-1]
     unit = "predicted" if unit is None else unit
-    obj = make_method(dnn, method, layer, unit, reduce, batch_size, **params)
+    obj = make_method(dnn, method, layer, unit, reduce, batch_size, call, **params)
     kwargs = {"preprocessed": preprocessed}
     if to_layer is not None:
         kwargs["to_layer"] = to_layer

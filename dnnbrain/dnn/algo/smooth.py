@@ -6,6 +6,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..models import DNN
+from .calls import Call
 from .engine import SMOOTH_MODES, SaliencyImage
 
 
@@ -53,9 +54,10 @@ class SmoothGrad:
         self.n_samples, self.sigma_multiplier = n_samples, sigma_multiplier
         self.mode, self.seed = mode, seed
 
-    def set_layer(self, layer: str, unit: Any, reduce: str = "mean") -> "SmoothGrad":
+    def set_layer(self, layer: str, unit: Any, reduce: str = "mean",
+                  call: Call = None) -> "SmoothGrad":
         """Aim at ``unit`` of ``layer`` (see :meth:`SaliencyImage.set_layer`)."""
-        self.method.set_layer(layer, unit, reduce)
+        self.method.set_layer(layer, unit, reduce, call)
         return self
 
     def get_layer(self):
