@@ -114,7 +114,7 @@ def prepare(source: Union[PathLike, Mapping[str, Any]], out: Optional[PathLike] 
         cfg["targets"] = checks.targets(p, top["targets"], dnn)
     if "methods" in top:
         cfg["methods"] = checks.methods(p, top["methods"], dnn, cfg["seed"] or 0,
-                                        cfg["batch_size"] or 1)
+                                        cfg["batch_size"] or 1, cfg.get("targets"))
     cfg["outputs"] = checks.outputs(p, top.get("outputs", {}), base, out)
     cfg["evaluate"] = _evaluate(p, top.get("evaluate"))
     rank = {k: i for i, k in enumerate(TOP_KEYS)}  # report in the order of the file's keys
