@@ -189,6 +189,9 @@ def test_torchvision_factory_by_name_offline(base, monkeypatch):
     assert "`weights` must be null" in line_of(msg, "model.kwargs.weights")
     assert "did you mean ['resnet18'" in line_of(
         problems(_factory_cfg(base, "torchvision:resnt18")), "model.factory")
+    msg = problems(_factory_cfg(base, "torchvision:vit_b_16", {"image_size": 30}))
+    assert "cannot build the network: AssertionError: Input shape indivisible" in line_of(
+        msg, "model.factory")  # the builder's own error, as a problem of the config
     net = factories.load_factory("torchvision:lraspp_mobilenet_v3_large")(num_classes=2)
     assert isinstance(net, torch.nn.Module) and fetched == []
     with pytest.raises(ValueError, match="`weights_backbone` must be null"):

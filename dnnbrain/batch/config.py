@@ -275,9 +275,13 @@ def _model(p: Problems, value: Any, base: Path,
         return res, None
     try:
         return res, build_model(res, allow_code)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-        p.add("model.factory" if "factory" in res else "model", f"cannot build the network: "
-              f"{err}")
+    except Exception as err:  # noqa: BLE001 - a builder's own error is a config problem
+        ours = isinstance(err, (ValueError, TypeError, FileNotFoundError, RuntimeError))
+        if not ours and "factory" not in res:
+            raise
+        text = " ".join(str(err).split())  # one line
+        p.add("model.factory" if "factory" in res else "model", "cannot build the network: "
+              + (text if ours else f"{type(err).__name__}: {text}"))
     return res, None
 
 
