@@ -1,9 +1,11 @@
-"""Run configs of ``dnn_saliency_batch``: read (``yaml.safe_load`` only), validate, resolve.
+"""Run configs of ``dnn_saliency_batch``: read (``yaml.safe_load``'s loader, bounded:
+:mod:`.safeyaml`), validate, resolve.
 
 Validation checks everything before any work and reports every problem at once: one
 ValueError whose message lists each problem on its own line with its key path
-(``targets[1].units[2]``) and the valid choices. It builds the network (on the CPU) to
-check layers, units and method parameters. The resolved config has every default filled
+(``targets[1].units[2]``) and the valid choices. It builds the network (on the CPU; a
+factory only from names, :mod:`.factories`) to check layers, units and method parameters
+(each method's own ``check_input`` at every target). The resolved config has every default filled
 in and every path absolute; it is itself a valid config. See ``docs/batch.rst``.
 """
 from __future__ import annotations
