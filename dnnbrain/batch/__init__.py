@@ -7,7 +7,9 @@ writes ``.npy`` / ``.png`` / overlay / ``.nii.gz`` files, ``manifest.csv``,
 ``config.resolved.yaml`` and an offline ``index.html``. See ``docs/batch.rst``.
 """
 from .config import load_config
+from .factories import factory_names, register_factory, unregister_factory
 from .merge import merge
 from .runner import RunResult, describe, run
 
-__all__ = ["load_config", "run", "merge", "describe", "RunResult"]
+__all__ = ["load_config", "run", "merge", "describe", "RunResult", "register_factory",
+           "unregister_factory", "factory_names"]

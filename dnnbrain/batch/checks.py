@@ -149,8 +149,40 @@ def accepted_params(cls: type) -> Tuple[List[str], bool]:
     return names, var_kw
 
 
+def input_shape(dnn: DNN) -> Optional[Tuple[int, int, int]]:
+    """``(3, H, W)`` of the network's input (its ``test_transform`` size), or None when
+    unknown."""
+    size = dnn.test_transform.size or ((dnn.img_size,) * 2 if dnn.img_size else None)
+    return (3,) + tuple(int(v) for v in size) if size else None
+
+
+def _check_at_targets(p: Problems, path: str, name: str, obj: Any, params: Dict[str, Any],
+                      dnn: DNN, targets: List[Dict[str, Any]]) -> bool:
+    """The method's :meth:`~dnnbrain.dnn.algo.engine.SaliencyImage.check_input` at each
+    valid target, as the run calls it (False after a problem)."""
+    shape = input_shape(dnn)
+    seen: Set[str] = set()  # a problem of every target (a window too large) is listed once
+    for j, t in enumerate(targets):
+        if t is None or t.get("layer") is None or not t.get("units") or t.get("reduce") is None:
+            continue
+        units = [tuple(u) if isinstance(u, list) else u for u in t["units"]]
+        call = {"call": t["call"]} if "call" in t else {}
+        try:
+            obj.set_layer(t["layer"], units, t["reduce"], **call)
+            if shape is not None:
+                obj.check_input(shape)
+        except (ValueError, TypeError) as err:
+            if str(err) not in seen:
+                named = re.match(r"`(\w+)`", str(err))
+                where = key(path, named[1]) if named and named[1] in params else path
+                p.add(where, f"method {name!r} cannot run at targets[{j}] (layer "
+                             f"{t['layer']!r}): {err}")
+            seen.add(str(err))
+    return not seen
+
+
 def _method(p: Problems, path: str, m: Any, dnn: Optional[DNN], seed: int,
-            batch_size: int) -> Optional[Dict[str, Any]]:
+            batch_size: int, targets: Optional[List[Any]] = None) -> Optional[Dict[str, Any]]:
     n0 = len(p)
     if isinstance(m, str):
         m = {"name": m}
@@ -188,25 +220,30 @@ def _method(p: Problems, path: str, m: Any, dnn: Optional[DNN], seed: int,
         params["seed"] = seed
     if dnn is not None:
         try:
-            cls(dnn, batch_size=batch_size, **params)
+            obj = cls(dnn, batch_size=batch_size, **params)
         except (ValueError, TypeError) as err:
             named = re.match(r"`(\w+)`", str(err))  # the messages name the parameter first
             where = key(path, named[1]) if named and named[1] in params else path
             p.add(where, f"method {name!r} rejects its parameters: {err}")
             return None
+        if not _check_at_targets(p, path, name, obj, params, dnn, targets or []):
+            return None
     return {"name": name, "label": label, **params}
 
 
 def methods(p: Problems, value: Any, dnn: Optional[DNN], seed: int,
-            batch_size: int) -> Optional[List[Dict[str, Any]]]:
+            batch_size: int, targets: Optional[List[Any]] = None
+            ) -> Optional[List[Dict[str, Any]]]:
     """Checked ``methods``: ``[{name, label, <params>}]`` with ``seed`` filled in for
-    methods that take one."""
+    methods that take one; each is also checked at every valid target of ``targets``
+    (the checked ``targets``) by the method's own ``check_input``."""
     if not isinstance(value, list) or not value:
         p.add("methods", f"must be a non-empty list of method names ({method_names()}) or "
                          f"{{name: ..., <parameter>: ...}} mappings, got {type_name(value)} "
                          f"{value!r}")
         return None
-    out = [_method(p, key("methods", i), m, dnn, seed, batch_size) for i, m in enumerate(value)]
+    out = [_method(p, key("methods", i), m, dnn, seed, batch_size, targets)
+           for i, m in enumerate(value)]
     labels: Dict[str, int] = {}
     for i, m in enumerate(out):
         if m is not None and m["label"] is not None:

@@ -1,17 +1,17 @@
-"""Run configs of ``dnn_saliency_batch``: read (``yaml.safe_load`` only), validate, resolve.
+"""Run configs of ``dnn_saliency_batch``: read (``yaml.safe_load``'s loader, bounded:
+:mod:`.safeyaml`), validate, resolve.
 
 Validation checks everything before any work and reports every problem at once: one
 ValueError whose message lists each problem on its own line with its key path
-(``targets[1].units[2]``) and the valid choices. It builds the network (on the CPU) to
-check layers, units and method parameters. The resolved config has every default filled
+(``targets[1].units[2]``) and the valid choices. It builds the network (on the CPU; a
+factory only from names, :mod:`.factories`) to check layers, units and method parameters
+(each method's own ``check_input`` at every target). The resolved config has every default filled
 in and every path absolute; it is itself a valid config. See ``docs/batch.rst``.
 """
 from __future__ import annotations
 
 import copy
 import glob
-import importlib
-import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
-import yaml
 
 from ..dnn.base import ImageTransform
 from ..dnn.models import DNN, build_network, network_names
 from ..io.stim import IMAGE_EXTENSIONS, Stimulus
 from . import checks
+from .factories import check_factory, check_kwargs, load_factory
 from .plan import map_stem
+from .safeyaml import check_acyclic, read_yaml
 from .schema import (DEFAULTS, MODEL_FACTORY_KEYS, MODEL_NAMED_KEYS, TOP_KEYS, Problems,
-                     boolean, integer, key, mapping, string, type_name)
+                     boolean, integer, key, mapping, plain, string, type_name)
 
 PathLike = Union[str, "os.PathLike[str]"]
 GLOB_CHARS = "*?["
@@ -55,27 +56,8 @@ class Prepared:
     source: str
 
 
-def read_yaml(path: PathLike) -> Any:
-    """Parse a YAML file with ``yaml.safe_load``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    ValueError
-        On a YAML syntax error, naming the file and line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"run config not found: '{path}'")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-
-
 def load_config(source: Union[PathLike, Mapping[str, Any]],
-                out: Optional[PathLike] = None) -> Dict[str, Any]:
+                out: Optional[PathLike] = None, allow_code: bool = False) -> Dict[str, Any]:
     """Validate a run config and return it resolved (defaults filled, paths absolute).
 
     Parameters
@@ -85,6 +67,11 @@ def load_config(source: Union[PathLike, Mapping[str, Any]],
         itself as a dict (relative paths are relative to the current folder).
     out : str, os.PathLike or None
         Overrides ``outputs.dir`` (relative to the current folder).
+    allow_code : bool
+        Let ``model.factory`` name the user's own ``module:function`` or
+        ``file.py:function`` (imported and called during validation). False (default):
+        a config is data and runs no code (see "What a config can do" in
+        ``docs/batch.rst``).
 
     Returns
     -------
@@ -98,13 +85,14 @@ def load_config(source: Union[PathLike, Mapping[str, Any]],
     FileNotFoundError
         If ``source`` is a missing file.
     """
-    return prepare(source, out).config
+    return prepare(source, out, allow_code).config
 
 
-def prepare(source: Union[PathLike, Mapping[str, Any]],
-            out: Optional[PathLike] = None) -> Prepared:
+def prepare(source: Union[PathLike, Mapping[str, Any]], out: Optional[PathLike] = None,
+            allow_code: bool = False) -> Prepared:
     """:func:`load_config`, also returning the built network and the stimuli."""
     if isinstance(source, Mapping):
+        check_acyclic(source, "<dict>")
         raw, base, name, title = copy.deepcopy(dict(source)), Path.cwd(), "<dict>", None
     else:
         path = Path(source).absolute()
@@ -120,7 +108,7 @@ def prepare(source: Union[PathLike, Mapping[str, Any]],
     cfg["seed"] = integer(p, "seed", top.get("seed", DEFAULTS["seed"]), 0)
     dnn = None
     if "model" in top:
-        cfg["model"], dnn = _model(p, top["model"], base)
+        cfg["model"], dnn = _model(p, top["model"], base, allow_code)
     stim = None
     if "stimuli" in top:
         cfg["stimuli"], stim = _stimuli(p, top["stimuli"], base)
@@ -128,7 +116,7 @@ def prepare(source: Union[PathLike, Mapping[str, Any]],
         cfg["targets"] = checks.targets(p, top["targets"], dnn)
     if "methods" in top:
         cfg["methods"] = checks.methods(p, top["methods"], dnn, cfg["seed"] or 0,
-                                        cfg["batch_size"] or 1)
+                                        cfg["batch_size"] or 1, cfg.get("targets"))
     cfg["outputs"] = checks.outputs(p, top.get("outputs", {}), base, out)
     cfg["evaluate"] = _evaluate(p, top.get("evaluate"))
     rank = {k: i for i, k in enumerate(TOP_KEYS)}  # report in the order of the file's keys
@@ -205,37 +193,21 @@ def runtime_device(device: str, env: Optional[Mapping[str, str]] = None) -> torc
     return torch.device(f"cuda:{int(rank) % torch.cuda.device_count()}" if rank else "cuda")
 
 
-def import_factory(spec: str) -> Any:
-    """``'pkg.module:fn'`` or ``'/abs/file.py:fn'`` -> the callable (ValueError if not)."""
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"must be 'package.module:function' or 'file.py:function', got "
-                         f"{spec!r}")
-    try:
-        if module_name.endswith(".py"):
-            if not Path(module_name).is_file():
-                raise FileNotFoundError(f"file not found: '{module_name}'")
-            mspec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
-            module = importlib.util.module_from_spec(mspec)
-            mspec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-        fn = module
-        for part in attr.split("."):
-            fn = getattr(fn, part)
-    except (ImportError, AttributeError, FileNotFoundError) as err:
-        raise ValueError(f"cannot import {spec!r}: {err}") from None
-    if not callable(fn):
-        raise ValueError(f"{spec!r} is not callable")
-    return fn
+def import_factory(spec: str, allow_code: bool = False) -> Any:
+    """The builder a ``model.factory`` names (see :mod:`dnnbrain.batch.factories`):
+    torchvision / timm models and registered builders by name; a user's
+    ``'pkg.module:fn'`` or ``'/abs/file.py:fn'`` only with ``allow_code`` (else ValueError,
+    nothing imported)."""
+    return load_factory(spec, allow_code=allow_code)
 
 
-def build_model(model: Mapping[str, Any]) -> DNN:
-    """The network of a resolved ``model`` section, on the CPU (errors propagate)."""
+def build_model(model: Mapping[str, Any], allow_code: bool = False) -> DNN:
+    """The network of a resolved ``model`` section, on the CPU (errors propagate);
+    ``allow_code``: a factory may be the user's own code (:func:`import_factory`)."""
     if "name" in model:
         return build_network(model["name"], pretrained=model["pretrained"],
                              weights=model["weights"])
-    built = import_factory(model["factory"])(**model["kwargs"])
+    built = import_factory(model["factory"], allow_code)(**model["kwargs"])
     if isinstance(built, DNN):
         return built
     if not isinstance(built, torch.nn.Module):
@@ -245,7 +217,8 @@ def build_model(model: Mapping[str, Any]) -> DNN:
     return DNN(built, model["layers"], transform, img_size=model["img_size"])
 
 
-def _model(p: Problems, value: Any, base: Path) -> Tuple[Optional[dict], Optional[DNN]]:
+def _model(p: Problems, value: Any, base: Path,
+           allow_code: bool = False) -> Tuple[Optional[dict], Optional[DNN]]:
     named = isinstance(value, Mapping) and "factory" not in value
     allowed = MODEL_NAMED_KEYS if named else MODEL_FACTORY_KEYS
     d = mapping(p, "model", value, allowed, required=("name",) if named else ("factory",))
@@ -268,15 +241,20 @@ def _model(p: Problems, value: Any, base: Path) -> Tuple[Optional[dict], Optiona
         res["pretrained"] = boolean(p, "model.pretrained",
                                     d.get("pretrained", dflt["pretrained"]))
     else:
-        fac = string(p, "model.factory", d.get("factory"))
-        if fac is not None and fac.rpartition(":")[0].endswith(".py"):
-            mod, _, attr = fac.rpartition(":")
-            fac = f"{(base / mod).absolute()}:{attr}"
-        res["factory"] = fac
+        res["factory"] = _factory(p, d.get("factory"), base, allow_code)
         res["kwargs"] = d.get("kwargs", dflt["kwargs"])
         if not isinstance(res["kwargs"], Mapping):
             p.add("model.kwargs", f"must be a mapping of keyword arguments for the factory, "
                                   f"got {type_name(res['kwargs'])}")
+        else:
+            res["kwargs"] = plain(p, "model.kwargs", res["kwargs"])
+            if res["factory"] is not None and res["kwargs"] is not None:
+                try:
+                    check_kwargs(res["factory"], res["kwargs"])
+                except ValueError as err:
+                    named = re.match(r"`(\w+)`", str(err))
+                    p.add(key("model.kwargs", named[1]) if named else "model.kwargs",
+                          str(err))
         res["layers"] = d.get("layers", dflt["layers"])
         lay = res["layers"]
         if lay is not None and not (isinstance(lay, Mapping) and all(
@@ -298,11 +276,25 @@ def _model(p: Problems, value: Any, base: Path) -> Tuple[Optional[dict], Optiona
     if not buildable:
         return res, None
     try:
-        return res, build_model(res)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-        p.add("model.factory" if "factory" in res else "model", f"cannot build the network: "
-              f"{err}")
+        return res, build_model(res, allow_code)
+    except Exception as err:  # noqa: BLE001 - a builder's own error is a config problem
+        ours = isinstance(err, (ValueError, TypeError, FileNotFoundError, RuntimeError))
+        if not ours and "factory" not in res:
+            raise
+        text = " ".join(str(err).split())  # one line
+        p.add("model.factory" if "factory" in res else "model", "cannot build the network: "
+              + (text if ours else f"{type(err).__name__}: {text}"))
     return res, None
+
+
+def _factory(p: Problems, value: Any, base: Path, allow_code: bool) -> Optional[str]:
+    """``model.factory`` in its canonical spelling (nothing it names imported or called:
+    see :mod:`dnnbrain.batch.factories`), or None after a problem."""
+    try:
+        return check_factory(value, base, allow_code)
+    except ValueError as err:
+        p.add("model.factory", str(err))
+    return None
 
 
 # ----------------------------------------------------------------------------- stimuli

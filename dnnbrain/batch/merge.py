@@ -115,7 +115,8 @@ def _merge_locked(prep: Prepared, plan: Sequence[WorkItem], n: int,
     return manifest
 
 
-def merge(config: ConfigLike, out: Optional[Union[str, os.PathLike]] = None) -> Path:
+def merge(config: ConfigLike, out: Optional[Union[str, os.PathLike]] = None,
+          allow_code: bool = False) -> Path:
     """Merge the manifest parts of a sharded run into ``manifest.csv`` and write
     ``index.html`` (what the last shard to finish does by itself).
 
@@ -125,6 +126,8 @@ def merge(config: ConfigLike, out: Optional[Union[str, os.PathLike]] = None) -> 
         The run config the shards ran.
     out : str, os.PathLike or None
         Overrides ``outputs.dir``.
+    allow_code : bool
+        Let ``model.factory`` name the user's own code (see :func:`load_config`).
 
     Returns
     -------
@@ -136,7 +139,7 @@ def merge(config: ConfigLike, out: Optional[Union[str, os.PathLike]] = None) -> 
     ValueError
         If no complete set of parts exists or a work item is not complete.
     """
-    prep = prepare(config, out)
+    prep = prepare(config, out, allow_code)
     outdir = Path(prep.config["outputs"]["dir"])
     check_output_dir(outdir, prep.config, force=False)
     groups = find_parts(outdir)

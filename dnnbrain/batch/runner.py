@@ -228,19 +228,22 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
     return total, compute
 
 
-def _evaluate(outdir: Path, options: Mapping[str, Any], progress: Optional[bool]) -> None:
+def _evaluate(outdir: Path, options: Mapping[str, Any], progress: Optional[bool],
+              allow_code: bool = False) -> None:
     """The ``evaluate:`` section: :func:`dnnbrain.evaluate.evaluate_run` on the finished run;
     a relative ``out_dir`` is inside the run folder."""
     from ..evaluate import evaluate_run
     opts = dict(options)
     if opts.get("out_dir") is not None:
         opts["out_dir"] = outdir / opts["out_dir"]
-    evaluate_run(outdir, progress=True if progress is None else progress, **opts)
+    evaluate_run(outdir, progress=True if progress is None else progress,
+                 allow_code=allow_code, **opts)
 
 
 def run(config: ConfigLike, force: bool = False, dry_run: bool = False,
         shard: Union[str, Shard, None] = None, out: Optional[Union[str, os.PathLike]] = None,
-        progress: Optional[bool] = None, workers: int = 2) -> RunResult:
+        progress: Optional[bool] = None, workers: int = 2,
+        allow_code: bool = False) -> RunResult:
     """Run a saliency experiment described by a run config (see ``docs/batch.rst``).
 
     Parameters
@@ -261,6 +264,9 @@ def run(config: ConfigLike, force: bool = False, dry_run: bool = False,
         Show a tqdm bar (None: only on a terminal).
     workers : int
         Writer threads (0: write in the computing thread).
+    allow_code : bool
+        Let ``model.factory`` name the user's own code (see :func:`load_config`); the
+        config alone can never turn this on.
 
     Returns
     -------
@@ -275,7 +281,7 @@ def run(config: ConfigLike, force: bool = False, dry_run: bool = False,
     """
     tic = time.perf_counter()
     sh = parse_shard(shard)
-    prep = prepare(config, out)
+    prep = prepare(config, out, allow_code)
     cfg, save = prep.config, prep.config["outputs"]["save"]
     outdir = Path(cfg["outputs"]["dir"])
     plan = make_plan(cfg, len(prep.stim))
@@ -313,7 +319,7 @@ def run(config: ConfigLike, force: bool = False, dry_run: bool = False,
         result.manifest = write_manifest(outdir / part_name(*sh), rows, save)
         result.manifest = merge_parts(prep, plan, sh[1], strict=False) or result.manifest
     if cfg.get("evaluate") is not None and result.manifest.name == MANIFEST_NAME:
-        _evaluate(outdir, cfg["evaluate"], progress)  # the single or the merging process
+        _evaluate(outdir, cfg["evaluate"], progress, allow_code)  # single or merging process
     result.wall_s = time.perf_counter() - tic
     log.info("%s%s: computed %d of %d work items (%d already complete): %d maps in %.2f s, "
              "%.1f maps/s (%.2f s in the methods); manifest %s", outdir, where, len(todo),

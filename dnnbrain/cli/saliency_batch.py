@@ -1,6 +1,7 @@
 """``dnn_saliency_batch``: run a YAML-described saliency experiment.
 
-``dnn_saliency_batch RUN.yaml [-out DIR] [-force] [-dry-run] [-shard k/n] [-merge] [-v]``.
+``dnn_saliency_batch RUN.yaml [-out DIR] [-force] [-dry-run] [-shard k/n] [-merge]
+[-allow-code] [-v]``.
 The run config names the model, stimuli, targets, methods and outputs (see
 ``docs/batch.rst``); everything is validated before any work. A re-run resumes: maps
 already complete are skipped. Under torchrun (``RANK`` / ``WORLD_SIZE`` set) or with
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-merge", action="store_true",
                    help="merge the shards' manifest parts into manifest.csv and exit")
     p.add_argument("-workers", type=int, default=2, help="writer threads (default: 2)")
+    p.add_argument("-allow-code", dest="allow_code", action="store_true",
+                   help="let model.factory name your own Python code (module:function or "
+                        "file.py:function): only for configs you trust; see docs/batch.rst")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="-v: debug logging (a summary is logged by default)")
     return p
@@ -41,12 +45,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     if args.merge:
-        log.info("wrote %s", merge(args.config, out=args.out))
+        log.info("wrote %s", merge(args.config, out=args.out, allow_code=args.allow_code))
         return 0
     if args.workers < 0:
         raise ValueError(f"`-workers` must be >= 0, got {args.workers}")
     result = run(args.config, force=args.force, dry_run=args.dry_run, shard=args.shard,
-                 out=args.out, workers=args.workers)
+                 out=args.out, workers=args.workers, allow_code=args.allow_code)
     if args.dry_run:
         todo = {it.key for it in result.todo}
         lines = [f"{'todo' if it.key in todo else 'done'} {describe(it, result.config)}"

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="cpu, cuda or cuda:N (default: the run's model.device)")
     p.add_argument("-no-plots", dest="plots", action="store_false", help="skip the PNGs")
     p.add_argument("-force", action="store_true", help="replace results already in -out")
+    p.add_argument("-allow-code", dest="allow_code", action="store_true",
+                   help="let the run's model.factory be your own Python code "
+                        "(module:function or file.py:function); see docs/batch.rst")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="-v: progress messages, -vv: debug")
     return p
@@ -70,7 +73,8 @@ def _run(args: argparse.Namespace) -> int:
                        randomisation_images=args.randomisation_images,
                        pointing_tolerance=args.pointing_tolerance,
                        batch_size=args.batch_size, seed=args.seed, device=args.device,
-                       plots=args.plots, overwrite=args.force, progress=None)
+                       plots=args.plots, overwrite=args.force, progress=None,
+                       allow_code=args.allow_code)
     for f in res["files"]:
         log.info("wrote %s", f)
     _write_stdout(res["table"])

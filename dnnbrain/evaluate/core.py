@@ -199,7 +199,7 @@ def evaluate_run(run_dir: PathLike, metrics: Union[str, Sequence[str]] = METRICS
                  road_noise: float = 0.01, n_steps: int = 32, randomisation_images: int = 4,
                  pointing_tolerance: float = 0.0, batch_size: int = 32, seed: int = 0,
                  device: Optional[str] = None, plots: bool = True, overwrite: bool = True,
-                 progress: Optional[bool] = True) -> Dict[str, Any]:
+                 progress: Optional[bool] = True, allow_code: bool = False) -> Dict[str, Any]:
     """Evaluate the saved maps of a ``dnn_saliency_batch`` run and compare its methods.
 
     Reads ``manifest.csv`` and ``config.resolved.yaml`` of ``run_dir``, rebuilds the
@@ -264,6 +264,9 @@ def evaluate_run(run_dir: PathLike, metrics: Union[str, Sequence[str]] = METRICS
         Replace results already in ``out_dir``; False raises FileExistsError instead.
     progress : bool or None
         tqdm progress bars (None: only on a terminal).
+    allow_code : bool
+        Let the run's ``model.factory`` be the user's own code (as the run itself needed
+        ``allow_code``); not an option of a config's ``evaluate:`` section.
 
     Returns
     -------
@@ -296,7 +299,7 @@ def evaluate_run(run_dir: PathLike, metrics: Union[str, Sequence[str]] = METRICS
     needs_net = set(opts.metrics) - {"localisation"}
     cuda = list(range(torch.cuda.device_count())) if needs_net else []
     with torch.random.fork_rng(devices=cuda):  # building a network draws random numbers
-        dnn = build_dnn(run.config, device) if needs_net else None
+        dnn = build_dnn(run.config, device, allow_code) if needs_net else None
         torch.manual_seed(opts.seed)
         xs = _per_map(run, dnn, groups, records, opts, progress)
         rand = (_randomisation(run, dnn, groups, opts, progress)

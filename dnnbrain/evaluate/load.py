@@ -187,11 +187,13 @@ def read_run(run_dir: PathLike, stim: StimLike = None) -> Run:
     return Run(run, config, rows, stimuli, index, kind)
 
 
-def build_dnn(config: Dict[str, Any], device: Optional[str] = None) -> DNN:
+def build_dnn(config: Dict[str, Any], device: Optional[str] = None,
+              allow_code: bool = False) -> DNN:
     """The run's network (``config['model']``) on ``device`` (None: the config's
-    ``model.device``, ``'auto'`` = CUDA when available)."""
+    ``model.device``, ``'auto'`` = CUDA when available); ``allow_code``: its factory may
+    be the user's own code."""
     dev = runtime_device(device or config["model"].get("device", "auto"))
-    return build_model(config["model"]).to(dev)
+    return build_model(config["model"], allow_code).to(dev)
 
 
 def network_input(dnn: DNN, run: Run, idx: Sequence[int]) -> torch.Tensor:

@@ -8,6 +8,7 @@ holds on any device and for any network; :func:`rows_within` turns it into rows 
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Set, Union
@@ -48,9 +49,9 @@ def parse_budget(value: Budget) -> Optional[int]:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
         if m and m.group(2).lower() in _UNITS:
             number = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if number is None or not number >= 1:
-        raise ValueError("`memory_budget` must be a positive number of bytes or a size such "
-                         f"as '512MiB', '2GB', '1.5GiB', got {value!r}")
+    if number is None or not number >= 1 or not math.isfinite(number):
+        raise ValueError("`memory_budget` must be a finite positive number of bytes or a size "
+                         f"such as '512MiB', '2GB', '1.5GiB', got {value!r}")
     return int(number)
 
 

@@ -11,7 +11,7 @@ layer's output; the methods differ in the channel weights ``w_k``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +117,15 @@ class _CAM(SaliencyImage):
                      self.layer)
         self._resolved[self.layer, self.call] = name
         return name
+
+    def check_input(self, shape: Tuple[int, ...]) -> None:
+        """:meth:`SaliencyImage.check_input`, and that the CAM layer runs before the
+        target and gives an ``(N, C, h, w)`` output (one-row no-grad probes, as
+        :meth:`resolve_cam_layer`)."""
+        super().check_input(shape)
+        x = self._probe(shape)
+        cam = self._cam_name(x)
+        self._check_4d(self.layer_output(x, cam), cam)
 
     def _name_of(self, module: nn.Module) -> str:
         for name in self.dnn.layers:

@@ -121,6 +121,7 @@ class SaliencyImage:
         self._capped = batch_size is not None
         self.memory_budget = parse_budget(memory_budget)
         self._costs: dict = {}
+        self._checked: set = set()  # (input shape, target) pairs check_input passed
         self._outputs = 0  # maps the running call returns (memory budget)
         self.layer: Optional[str] = None
         self.units: List[Unit] = []
@@ -370,6 +371,54 @@ class SaliencyImage:
             return list(units)
         return resolve_predicted(self.layer_output(x, self.layer), units, self.reduce)
 
+    def check_input(self, shape: Tuple[int, ...]) -> None:
+        """Check, before any work, that this method can run at its target on inputs of
+        ``shape``: what needs the input size or the network's structure (a
+        ``memory_budget`` too small for one row; per method a ``cam_layer`` after the
+        target, an occlusion ``window`` larger than the image ...). Types and ranges are
+        checked by the constructor already. The passes run it themselves (once per shape
+        and target), by this same code; it costs at most a few one-row passes.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            ``(3, H, W)``: one preprocessed network input.
+
+        Raises
+        ------
+        ValueError
+            Naming the parameter, its value and what would fit.
+        """
+        if not (isinstance(shape, tuple) and shape and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+            raise ValueError(f"`shape` must be a tuple of positive ints (C, H, W), got "
+                             f"{shape!r}")
+        if self.layer is None:
+            raise ValueError("no target: call set_layer(layer, unit) first")
+        if not self.shares_units:  # as _run: perturbation methods keep batch_size
+            self._check_budget(self._probe(shape))
+
+    def _probe(self, shape: Tuple[int, ...]) -> torch.Tensor:
+        """One blank input row ``(1, *shape)`` on the device, as the passes get it."""
+        return torch.zeros((1,) + tuple(shape), device=self.dnn.device)
+
+    def _check_budget(self, x: torch.Tensor, **kw: Any) -> None:
+        """:meth:`rows_per_pass` for one row and one map (``kw`` as the pass calls it):
+        ValueError when not even that fits in ``memory_budget``."""
+        if self.memory_budget is not None:
+            outputs, self._outputs = self._outputs, max(1, self._outputs)
+            try:
+                self.rows_per_pass(x, self.units[:1], **kw)
+            finally:
+                self._outputs = outputs
+
+    def _check_once(self, shape: Tuple[int, ...]) -> None:
+        key = (shape, self.layer, self.reduce, getattr(self, "call", None),
+               tuple(repr(u) for u in self.units))
+        if key not in self._checked:
+            self.check_input(shape)
+            self._checked.add(key)
+
     # ---------------------------------------------------------------- for subclasses
     def _attribute(self, x: torch.Tensor, units: List[Unit],
                    to_layer: Optional[str]) -> torch.Tensor:
@@ -492,6 +541,7 @@ class SaliencyImage:
         """Apply ``fn(x_rows, unit_rows)`` over all (image, unit) rows in chunks; returns
         ``(N, U, ...)`` on the device. ``net_input``: what the network sees of ``x``'s
         rows when they carry more (a path method's image and baseline), for the budget."""
+        self._check_once(tuple((x if net_input is None else net_input).shape[1:]))
         n, u = len(x), len(self.units)
         img_idx = torch.arange(n, device=x.device).repeat_interleave(u)
         unit_rows = [self.units[k % u] for k in range(n * u)]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..models import DNN
 from .budget import Budget
 from .engine import SaliencyImage
-from .passes import gradient_sums
+from .passes import gradient_sums, sums_pass
 from .checks import check_number, no_to_layer
 from .target import Unit
 
@@ -148,14 +148,24 @@ class _PathMethod(SaliencyImage):
         self.baseline, self.blur_sigma = baseline, check_number("blur_sigma", blur_sigma, 0)
         self.seed = check_number("seed", seed, -np.inf, integer=True)
 
+    def check_input(self, shape: Tuple[int, ...]) -> None:
+        """:meth:`SaliencyImage.check_input`, and an array ``baseline`` of the input's
+        shape."""
+        super().check_input(shape)
+        self._check_baseline(tuple(shape))
+
+    def _check_baseline(self, shape: Tuple[int, ...]) -> None:
+        user = getattr(self, "_user", None)  # Blur IG has no baseline parameter
+        if user is not None and tuple(user.shape[1:]) != shape[-3:]:
+            raise ValueError(f"`baseline` must have the input's shape {shape}, got "
+                             f"{tuple(user.shape[1:])}")
+
     def _baselines(self, x: torch.Tensor, per_image: bool = True) -> torch.Tensor:
         """The start of each row's path, ``(B, C, H, W)``; ``per_image``: rows are the
         images in order (a baseline batch applies one to one)."""
         if self._user is not None:
             base = self._user
-            if base.shape[-3:] != x.shape[-3:]:
-                raise ValueError(f"`baseline` must have the input's shape {tuple(x.shape[1:])}"
-                                 f", got {tuple(base.shape[1:])}")
+            self._check_baseline(tuple(x.shape[1:]))
             if len(base) > 1 and not per_image:
                 raise ValueError("a `baseline` batch (one per image) works with backprop, "
                                  "not backprop_smooth; give one (3, H, W) baseline")
@@ -274,6 +284,12 @@ class IntegratedGradients(_PathMethod):
         self.rows_per_map = self.steps
         self._set_baseline(baseline, blur_sigma, seed)
 
+    def check_input(self, shape: Tuple[int, ...]) -> None:
+        """As :class:`_PathMethod`, and one row of the path's summed passes within
+        ``memory_budget``."""
+        super().check_input(shape)
+        self._check_budget(self._probe(shape), images=1, **sums_pass(self))
+
     def _path(self, x: torch.Tensor, base: torch.Tensor, units: List[Unit]) -> torch.Tensor:
         grads = path_integral(self, x, base, units, self.alphas, self.weights, self.relu_mode)
         return (x - base) * grads
@@ -312,6 +328,12 @@ class BlurIG(_PathMethod):
         sigmas = np.arange(self.steps + 1) * self.max_sigma / self.steps
         self.sigmas = np.sqrt(sigmas) if sqrt else sigmas
         self.rows_per_map = self.steps
+
+    def check_input(self, shape: Tuple[int, ...]) -> None:
+        """As :class:`_PathMethod`, and one row of the path's passes within
+        ``memory_budget``."""
+        super().check_input(shape)
+        self._check_budget(self._probe(shape), images=1)
 
     def _baselines(self, x: torch.Tensor, per_image: bool = True) -> torch.Tensor:
         return blur_input(self.dnn, x, float(self.sigmas[-1]))

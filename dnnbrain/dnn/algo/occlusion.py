@@ -129,12 +129,17 @@ class Occlusion(SaliencyImage):
              * len(_starts(size, self.window[1], self.stride[1])))
         return n * (3 if self.output == "per_channel" else 1) + 1
 
+    def check_input(self, shape: Tuple[int, ...]) -> None:
+        """:meth:`SaliencyImage.check_input`, and that ``window`` fits in the input."""
+        super().check_input(shape)
+        h, w = shape[-2:] if len(shape) >= 2 else (shape[0], 1)
+        if self.window[0] > h or self.window[1] > w:
+            raise ValueError(f"`window` {self.window} must fit in the input ({h}, {w})")
+
     def _attribute(self, x: torch.Tensor, units: List[Unit],
                    to_layer: Optional[str]) -> torch.Tensor:
         no_to_layer(to_layer, "Occlusion")
         b, ch, h, w = x.shape
-        if self.window[0] > h or self.window[1] > w:
-            raise ValueError(f"`window` {self.window} must fit in the input ({h}, {w})")
         cover_y = _cover(_starts(h, self.window[0], self.stride[0]), self.window[0], h, x)
         cover_x = _cover(_starts(w, self.window[1], self.stride[1]), self.window[1], w, x)
         ny, nx = len(cover_y), len(cover_x)
@@ -211,20 +216,29 @@ class UpsampledActivation(SaliencyImage):
         super().set_layer(layer, unit, reduce, call)
         return self
 
-    def _attribute(self, x: torch.Tensor, units: List[Unit],
-                   to_layer: Optional[str]) -> torch.Tensor:
-        no_to_layer(to_layer, "UpsampledActivation")
-        out = self.layer_output(x, self.layer)
+    def check_input(self, shape: Tuple[int, ...]) -> None:
+        """:meth:`SaliencyImage.check_input`, and that the target layer has spatial
+        output with the target channels (a one-row no-grad probe)."""
+        super().check_input(shape)
+        self._check_output(self.layer_output(self._probe(shape), self.layer), self.units)
+
+    def _check_output(self, out: Any, units: List[Unit]) -> None:
         if not isinstance(out, torch.Tensor) or out.ndim != 4:
             raise ValueError(f"UpsampledActivation needs a target layer with spatial output "
                              f"(N, C, H, W); layer {self.layer!r} gives "
                              f"{tuple(getattr(out, 'shape', ()))}")
+        chn = [u for u in units if isinstance(u, int)]
+        if chn and max(chn) > out.shape[1]:
+            raise ValueError(f"`unit` must be in 1..{out.shape[1]} for layer {self.layer!r} "
+                             f"(units count from 1), got {max(chn)}")
+
+    def _attribute(self, x: torch.Tensor, units: List[Unit],
+                   to_layer: Optional[str]) -> torch.Tensor:
+        no_to_layer(to_layer, "UpsampledActivation")
+        out = self.layer_output(x, self.layer)
+        self._check_output(out, units)
         units = resolve_predicted(out, units, self.reduce)
         units = list(units) * len(x) if len(units) == 1 else list(units)
-        n_chn = out.shape[1]
-        if max(units) > n_chn:
-            raise ValueError(f"`unit` must be in 1..{n_chn} for layer {self.layer!r} (units "
-                             f"count from 1), got {max(units)}")
         chn = torch.tensor([u - 1 for u in units], device=out.device)
         maps = out[torch.arange(len(out), device=out.device), chn][:, None]
         extra = {} if self.mode == "nearest" else {"align_corners": False}

@@ -10,11 +10,12 @@
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .checks import check_noise
 from .engine import SMOOTH_MODES, SaliencyImage
 from .target import Unit, select
 
@@ -64,7 +65,7 @@ def gradient_sums(method: SaliencyImage, x: torch.Tensor, units: Sequence[Unit],
     """
     n, s = len(x), per_row
     stem = method.summed_leaf()
-    chunk = method.rows_per_pass(x, units, at_output=stem, images=n, keep_values=False)
+    chunk = method.rows_per_pass(x, units, images=n, **sums_pass(method))
     fmt = method._memory_format(x) or torch.contiguous_format
     total: Optional[torch.Tensor] = None
     for start in range(0, n * s, chunk):
@@ -90,6 +91,12 @@ def gradient_sums(method: SaliencyImage, x: torch.Tensor, units: Sequence[Unit],
     return total if stem is None else method.stem_backward(x, total)
 
 
+def sums_pass(method: SaliencyImage) -> dict:
+    """How :func:`gradient_sums` asks :meth:`~SaliencyImage.rows_per_pass` for its rows
+    (leaf: the affine stem, no values kept); the input checks ask the same."""
+    return {"at_output": method.summed_leaf(), "keep_values": False}
+
+
 def _layout_of(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if t.ndim == 4 and not t.is_contiguous() and \
         t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
@@ -113,12 +120,9 @@ def smooth_maps(method: SaliencyImage, image: Any, n_iter: int, sigma_multiplier
     base ``_attribute``) is a weighted gradient sum, :func:`gradient_sums`; any other map
     is computed per noisy copy and reduced.
     """
-    if not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"`n_iter` must be a positive int, got {n_iter!r}")
+    n_iter, sigma_multiplier = check_noise(n_iter, sigma_multiplier, "n_iter")
     if mode not in SMOOTH_MODES:
         raise ValueError(f"`mode` must be one of {list(SMOOTH_MODES)}, got {mode!r}")
-    if not sigma_multiplier >= 0:
-        raise ValueError(f"`sigma_multiplier` must be >= 0, got {sigma_multiplier!r}")
     x, batch = method._prepare(image, preprocessed)
     gen = torch.Generator().manual_seed(int(seed) if seed is not None else
                                         int(torch.randint(2**31, (1,)).item()))
@@ -126,8 +130,7 @@ def smooth_maps(method: SaliencyImage, image: Any, n_iter: int, sigma_multiplier
     # composition, so a batch equals the images one by one.
     noise = method._layout(torch.randn((n_iter,) + tuple(x.shape[1:]), generator=gen)
                            .to(method.dnn.device))
-    summed = mode == "mean" and to_layer is None and \
-        type(method)._attribute is SaliencyImage._attribute
+    summed = _summed(method, mode, to_layer)
     mean = torch.full((n_iter,), 1.0 / n_iter, dtype=x.dtype, device=x.device)
 
     def smooth(xb: torch.Tensor, ub: List[Unit]) -> torch.Tensor:
@@ -152,6 +155,25 @@ def smooth_maps(method: SaliencyImage, image: Any, n_iter: int, sigma_multiplier
 
     out = method._run(x, smooth, rows_factor=n_iter)
     return method._shape(out, batch)
+
+
+def _summed(method: SaliencyImage, mode: str, to_layer: Optional[str]) -> bool:
+    """SmoothGrad of ``method`` is a :func:`gradient_sums` (mean of plain gradients)."""
+    return mode == "mean" and to_layer is None and \
+        type(method)._attribute is SaliencyImage._attribute
+
+
+def check_smooth_input(method: SaliencyImage, shape: Tuple[int, ...], mode: str,
+                       to_layer: Optional[str] = None) -> None:
+    """:meth:`SaliencyImage.check_input` for SmoothGrad of ``method``: the method's own
+    checks, and one row of the passes :func:`smooth_maps` runs within its
+    ``memory_budget``."""
+    method.check_input(shape)
+    x = method._probe(shape)
+    if _summed(method, mode, to_layer):
+        method._check_budget(x, images=1, **sums_pass(method))
+    else:
+        method._check_budget(x, to_layer=to_layer, images=1)
 
 
 def perturbed_scores(method: SaliencyImage, x: torch.Tensor, units: Sequence[Unit],

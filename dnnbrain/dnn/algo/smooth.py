@@ -1,13 +1,15 @@
 """SmoothGrad as a method of its own, over any other method."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from ..models import DNN
 from .calls import Call
 from .engine import SMOOTH_MODES, SaliencyImage
+from .checks import check_noise
+from .passes import check_smooth_input
 
 
 class SmoothGrad:
@@ -41,17 +43,19 @@ class SmoothGrad:
                  batch_size: Optional[int] = None, base: str = "vanilla", n_samples: int = 25,
                  sigma_multiplier: float = 0.15, mode: str = "mean", seed: int = 0,
                  **base_params: Any) -> None:
-        from .registry import get_method
-        if base == "smoothgrad":
-            raise ValueError("`base` must be a method other than 'smoothgrad'")
-        if mode not in SMOOTH_MODES:
-            raise ValueError(f"`mode` must be one of {list(SMOOTH_MODES)}, got {mode!r}")
+        from .registry import METHODS, get_method
+        bases = [n for n in METHODS if n != "smoothgrad"]
+        if not isinstance(base, str) or base not in bases:
+            raise ValueError(f"`base` must be one of {bases}, got {base!r}")
         cls = get_method(base)
         if not issubclass(cls, SaliencyImage):
             raise ValueError(f"`base` {base!r} cannot be smoothed")
+        self.n_samples, self.sigma_multiplier = check_noise(n_samples, sigma_multiplier,
+                                                            "n_samples")
+        if mode not in SMOOTH_MODES:
+            raise ValueError(f"`mode` must be one of {list(SMOOTH_MODES)}, got {mode!r}")
         self.method: SaliencyImage = cls(dnn, from_layer, from_chn, batch_size=batch_size,
                                           **base_params)
-        self.n_samples, self.sigma_multiplier = n_samples, sigma_multiplier
         self.mode, self.seed = mode, seed
 
     def set_layer(self, layer: str, unit: Any, reduce: str = "mean",
@@ -68,6 +72,11 @@ class SmoothGrad:
     def dnn(self) -> DNN:
         """The network."""
         return self.method.dnn
+
+    def check_input(self, shape: Tuple[int, ...]) -> None:
+        """The base method's :meth:`SaliencyImage.check_input`, and one row of the
+        smoothing passes within its ``memory_budget``; ``backprop`` runs the same."""
+        check_smooth_input(self.method, shape, self.mode)
 
     def backprop(self, image: Any, to_layer: Optional[str] = None,
                  preprocessed: bool = False) -> np.ndarray:

@@ -22,6 +22,7 @@ from .budget import Budget
 from .engine import SaliencyImage
 from .checks import check_number, no_to_layer
 from .integrated import approximation, path_integral, pixel_affine
+from .passes import sums_pass
 from .target import Unit
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,12 @@ class XRAI(SaliencyImage):
         self.return_segments = return_segments
         self.last_segments: List[Segments] = []
         self._cache: Optional[Tuple[torch.Tensor, np.ndarray]] = None
+
+    def check_input(self, shape: Tuple[int, ...]) -> None:
+        """:meth:`SaliencyImage.check_input`, and one row of the two IG paths' summed
+        passes within ``memory_budget``."""
+        super().check_input(shape)
+        self._check_budget(self._probe(shape), images=2, **sums_pass(self))
 
     def _prepare(self, image: Any, preprocessed: bool) -> Tuple[torch.Tensor, bool]:
         self.last_segments, self._cache = [], None  # every call starts afresh
