@@ -22,9 +22,10 @@ import torch
 import yaml
 
 from ..dnn.base import ImageTransform
+from ..dnn.fingerprint import seeded
 from ..dnn.models import DNN, build_network, network_names
 from ..io.stim import IMAGE_EXTENSIONS, Stimulus
-from . import checks
+from . import checks, network
 from .plan import map_stem
 from .schema import (DEFAULTS, MODEL_FACTORY_KEYS, MODEL_NAMED_KEYS, TOP_KEYS, Problems,
                      boolean, integer, key, mapping, string, type_name)
@@ -120,7 +121,7 @@ def prepare(source: Union[PathLike, Mapping[str, Any]],
     cfg["seed"] = integer(p, "seed", top.get("seed", DEFAULTS["seed"]), 0)
     dnn = None
     if "model" in top:
-        cfg["model"], dnn = _model(p, top["model"], base)
+        cfg["model"], dnn = _model(p, top["model"], base, cfg["seed"] or 0)
     stim = None
     if "stimuli" in top:
         cfg["stimuli"], stim = _stimuli(p, top["stimuli"], base)
@@ -131,11 +132,13 @@ def prepare(source: Union[PathLike, Mapping[str, Any]],
                                         cfg["batch_size"] or 1)
     cfg["outputs"] = checks.outputs(p, top.get("outputs", {}), base, out)
     cfg["evaluate"] = _evaluate(p, top.get("evaluate"))
+    cfg["network"] = None if dnn is None else network.record(cfg["model"], dnn)
+    network.check_pin(p, top.get("network"), cfg["network"])
     rank = {k: i for i, k in enumerate(TOP_KEYS)}  # report in the order of the file's keys
     p.items.sort(key=lambda it: rank.get(re.split(r"[.\[]", it[0])[0], -1))
     p.raise_if_any(name)
     order = ("title", "model", "stimuli", "targets", "methods", "outputs", "batch_size", "seed",
-             "evaluate")
+             "evaluate", "network")
     return Prepared({k: cfg[k] for k in order}, dnn, stim, name)
 
 
@@ -230,8 +233,19 @@ def import_factory(spec: str) -> Any:
     return fn
 
 
-def build_model(model: Mapping[str, Any]) -> DNN:
-    """The network of a resolved ``model`` section, on the CPU (errors propagate)."""
+def build_model(model: Mapping[str, Any], seed: int = 0) -> DNN:
+    """The network of a resolved ``model`` section, on the CPU (errors propagate).
+
+    It is built with torch's random generators seeded from ``seed`` (the run's ``seed``;
+    :func:`~dnnbrain.dnn.fingerprint.seeded`, the caller's random state is unchanged), so
+    random weights (``pretrained: false``, an untrained factory network) are the same on
+    every call.
+    """
+    with seeded(seed):
+        return _build_model(model)
+
+
+def _build_model(model: Mapping[str, Any]) -> DNN:
     if "name" in model:
         return build_network(model["name"], pretrained=model["pretrained"],
                              weights=model["weights"])
@@ -245,7 +259,8 @@ def build_model(model: Mapping[str, Any]) -> DNN:
     return DNN(built, model["layers"], transform, img_size=model["img_size"])
 
 
-def _model(p: Problems, value: Any, base: Path) -> Tuple[Optional[dict], Optional[DNN]]:
+def _model(p: Problems, value: Any, base: Path,
+           seed: int = 0) -> Tuple[Optional[dict], Optional[DNN]]:
     named = isinstance(value, Mapping) and "factory" not in value
     allowed = MODEL_NAMED_KEYS if named else MODEL_FACTORY_KEYS
     d = mapping(p, "model", value, allowed, required=("name",) if named else ("factory",))
@@ -298,7 +313,7 @@ def _model(p: Problems, value: Any, base: Path) -> Tuple[Optional[dict], Optiona
     if not buildable:
         return res, None
     try:
-        return res, build_model(res)
+        return res, build_model(res, seed)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         p.add("model.factory" if "factory" in res else "model", f"cannot build the network: "
               f"{err}")
