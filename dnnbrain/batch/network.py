@@ -10,6 +10,7 @@ saved file, verified against the fingerprint. See ``docs/batch.rst``.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import secrets
@@ -125,20 +126,21 @@ def use_run_network(dnn: DNN, out: Path, rec: Mapping[str, Any], replace: bool) 
     path = out / rec["weights"]
     if path.is_file() and not replace:
         return _load_into(dnn, path, rec)
-    state = {k: v.detach().cpu() for k, v in dnn.model.state_dict().items()}
+    buf = io.BytesIO()  # torch.save names its archive after a file: the bytes must not vary
+    torch.save({k: v.detach().cpu() for k, v in dnn.model.state_dict().items()}, buf)
     if replace:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
     else:
-        _save_new(path, state)
+        _save_new(path, buf.getvalue())
     return _load_into(dnn, path, rec)
 
 
-def _save_new(path: Path, state: Mapping[str, torch.Tensor]) -> None:
-    """Save ``state`` as ``path`` unless a file is there: the first writer wins (a hard
+def _save_new(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path`` unless a file is there: the first writer wins (a hard
     link never replaces a file); the others then load the winner's file."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        torch.save(dict(state), tmp)
+        tmp.write_bytes(data)
         try:
             os.link(tmp, path)
         except FileExistsError:
