@@ -214,3 +214,17 @@ def test_cli_no_weights_error_suggests_random_weights(stim4, tmp_path, monkeypat
                         str(stim4), "-out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "-random-weights" in err, err
+
+
+def test_concurrent_shard_processes_share_one_network(ref, cfg_file, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dnnbrain.cli.saliency_batch", str(cfg_file), "-out",
+           str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd + ["-shard", f"{k}/2"], env=env, stderr=subprocess.PIPE)
+             for k in (0, 1)]
+    errs = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert tree(out) == tree(ref.out_dir)

@@ -283,7 +283,7 @@ def run(config: ConfigLike, force: bool = False, dry_run: bool = False,
     network.check_folder(outdir, CONFIG_NAME, cfg["network"], force)
     if dry_run:  # no lock, nothing written
         todo = [it for it in mine if read_marker(outdir, it, save) is None]
-        log.info("dry run%s: %d of %d work items to compute, %d complete", where(sh),
+        log.info("dry run%s: %d of %d work items to compute, %d complete", _where(sh),
                  len(todo), len(mine), len(mine) - len(todo))
         return RunResult(outdir, None, cfg, sh, mine, todo, dry_run=True,
                          wall_s=time.perf_counter() - tic)
@@ -291,7 +291,7 @@ def run(config: ConfigLike, force: bool = False, dry_run: bool = False,
         return _run_locked(prep, plan, mine, sh, force, workers, progress, tic)
 
 
-def where(sh: Optional[Shard]) -> str:
+def _where(sh: Optional[Shard]) -> str:
     """``' (shard k/n)'`` or ``''``, for messages."""
     return "" if sh is None else f" (shard {sh[0]}/{sh[1]})"
 
@@ -335,7 +335,7 @@ def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
         _evaluate(outdir, cfg["evaluate"], progress)  # the single or the merging process
     result.wall_s = time.perf_counter() - tic
     log.info("%s%s: computed %d of %d work items (%d already complete): %d maps in %.2f s, "
-             "%.1f maps/s (%.2f s in the methods); manifest %s", outdir, where(sh), len(todo),
+             "%.1f maps/s (%.2f s in the methods); manifest %s", outdir, _where(sh), len(todo),
              len(mine), len(mine) - len(todo), result.maps, result.wall_s,
              result.maps / result.wall_s, result.compute_s, result.manifest)
     return result

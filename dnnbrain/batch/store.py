@@ -96,7 +96,10 @@ def check_output_dir(out: Path, config: Mapping[str, Any], force: bool) -> bool:
                                   f"({stored}); differing keys: {diff[:8]}. Pass -force to "
                                   "run this config there (unchanged maps are kept)")
         return bool(diff)
-    if out.is_dir() and any(not f.name.startswith(LOCK_NAME) for f in out.iterdir()) and not force:
+    # lock files and a concurrent shard's temporaries do not make a folder another run's
+    foreign = [f for f in out.iterdir() if not (f.name.startswith(LOCK_NAME)
+                                                 or _TEMP_RE.match(f.name))] if out.is_dir() else []
+    if foreign and not force:
         raise FileExistsError(f"`outputs.dir` '{out}' is not empty and holds no {CONFIG_NAME}"
                               "; pass -force to write into it, or choose an empty folder")
     return False

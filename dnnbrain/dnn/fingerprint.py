@@ -48,11 +48,13 @@ def fingerprint(module: nn.Module) -> str:
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's random generators (CPU and every CUDA device) with ``seed`` for the
-    block, inside :func:`torch.random.fork_rng`: the caller's random state is unchanged
-    afterwards. Building a random-weight network inside it gives the same weights every
-    time."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
+    """Seed torch's CPU random generator with ``seed`` for the block, inside
+    :func:`torch.random.fork_rng`: the caller's random state is unchanged afterwards.
+
+    Building a random-weight network (on the CPU, where dnnbrain builds networks) inside
+    it gives the same weights every time. CUDA generators are neither touched nor
+    initialised (no CUDA context is created on any device).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
         yield
