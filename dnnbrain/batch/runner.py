@@ -29,8 +29,8 @@ from .plan import (Shard, WorkItem, make_plan, map_files, map_stem, parse_shard,
                    unit_text)
 from . import network
 from .lock import run_lock
-from .store import (CONFIG_NAME, MANIFEST_NAME, check_output_dir, clean_temps, marker_path, part_name,
-                    read_marker, write_config, write_manifest)
+from .store import (CONFIG_NAME, MANIFEST_NAME, check_output_dir, clean_temps, marker_path,
+                    part_name, read_marker, write_config, write_manifest)
 from .writer import MapWriter
 
 log = logging.getLogger(__name__)

@@ -2,9 +2,10 @@
 
 DNNBrain's options (``-net -layer -chn -stim -meth -mode -cmap -vmin -vmax -show -out``)
 plus every registered method, ``-param key=value`` for its parameters, ``-weights``
-(or ``-random-weights`` with ``-seed``), ``-device``, ``-batch-size``, ``-reduce`` and ``-force``. Writes DNNBrain's figure grid
-(stimuli in the first row, one row per unit; up to ``-ncol`` stimuli a figure) and, per
-stimulus and unit, the raw map as ``npy/<stim>_<layer>_chn<unit>.npy``.
+(or ``-random-weights`` with ``-seed``), ``-device``, ``-batch-size``, ``-reduce`` and
+``-force``. Writes DNNBrain's figure grid (stimuli in the first row, one row per unit; up
+to ``-ncol`` stimuli a figure) and, per stimulus and unit, the raw map as
+``npy/<stim>_<layer>_chn<unit>.npy``.
 """
 from __future__ import annotations
 
