@@ -123,7 +123,7 @@ def use_run_network(dnn: DNN, out: Path, rec: Mapping[str, Any], replace: bool) 
     unless ``replace``); the others load that file and verify its fingerprint."""
     if not rec.get("weights"):
         return dnn
-    path = out / rec["weights"]
+    path = out / WEIGHTS_NAME  # never a path the YAML names
     if path.is_file() and not replace:
         return _load_into(dnn, path, rec)
     buf = io.BytesIO()  # torch.save names its archive after a file: the bytes must not vary
@@ -169,7 +169,7 @@ def load_run_network(dnn: DNN, run_dir: Path, rec: Optional[Mapping[str, Any]]) 
                     run_dir)
         return dnn
     if rec.get("weights"):
-        return _load_into(dnn, Path(run_dir) / rec["weights"], rec)
+        return _load_into(dnn, Path(run_dir) / WEIGHTS_NAME, rec)  # never a path the YAML names
     got = fingerprint(dnn.model)
     if got != rec["fingerprint"]:
         raise ValueError(f"the config of '{run_dir}' now builds the network {got}, but its "
