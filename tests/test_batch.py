@@ -82,7 +82,7 @@ def test_outputs_manifest_and_values(ref, stim12, shapenet):
     table = rows(ref.manifest)
     assert len(table) == 72 and list(table[0]) == [
         "stimulus", "target", "layer", "unit", "requested_unit", "reduce", "method",
-        "activation", "predicted_class", "npy", "png"]
+        "activation", "predicted_class", "network", "npy", "png"]
     assert all((out / r["npy"]).is_file() and (out / r["png"]).is_file() for r in table)
     x = shapenet.test_transform.batch([str(stim12.parent / r["stimulus"]) for r in table])
     with torch.no_grad():

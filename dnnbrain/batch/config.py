@@ -21,9 +21,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from ..dnn.base import ImageTransform
+from ..dnn.fingerprint import seeded
 from ..dnn.models import DNN, build_network, network_names
 from ..io.stim import IMAGE_EXTENSIONS, Stimulus
-from . import checks
+from . import checks, network
 from .factories import check_factory, check_kwargs, load_factory
 from .plan import map_stem
 from .safeyaml import check_acyclic, read_yaml
@@ -108,7 +109,7 @@ def prepare(source: Union[PathLike, Mapping[str, Any]], out: Optional[PathLike] 
     cfg["seed"] = integer(p, "seed", top.get("seed", DEFAULTS["seed"]), 0)
     dnn = None
     if "model" in top:
-        cfg["model"], dnn = _model(p, top["model"], base, allow_code)
+        cfg["model"], dnn = _model(p, top["model"], base, allow_code, cfg["seed"] or 0)
     stim = None
     if "stimuli" in top:
         cfg["stimuli"], stim = _stimuli(p, top["stimuli"], base)
@@ -119,11 +120,13 @@ def prepare(source: Union[PathLike, Mapping[str, Any]], out: Optional[PathLike] 
                                         cfg["batch_size"] or 1, cfg.get("targets"))
     cfg["outputs"] = checks.outputs(p, top.get("outputs", {}), base, out)
     cfg["evaluate"] = _evaluate(p, top.get("evaluate"))
+    cfg["network"] = None if dnn is None else network.record(cfg["model"], dnn)
+    network.check_pin(p, top.get("network"), cfg["network"])
     rank = {k: i for i, k in enumerate(TOP_KEYS)}  # report in the order of the file's keys
     p.items.sort(key=lambda it: rank.get(re.split(r"[.\[]", it[0])[0], -1))
     p.raise_if_any(name)
     order = ("title", "model", "stimuli", "targets", "methods", "outputs", "batch_size", "seed",
-             "evaluate")
+             "evaluate", "network")
     return Prepared({k: cfg[k] for k in order}, dnn, stim, name)
 
 
@@ -201,9 +204,20 @@ def import_factory(spec: str, allow_code: bool = False) -> Any:
     return load_factory(spec, allow_code=allow_code)
 
 
-def build_model(model: Mapping[str, Any], allow_code: bool = False) -> DNN:
-    """The network of a resolved ``model`` section, on the CPU (errors propagate);
-    ``allow_code``: a factory may be the user's own code (:func:`import_factory`)."""
+def build_model(model: Mapping[str, Any], seed: int = 0, allow_code: bool = False) -> DNN:
+    """The network of a resolved ``model`` section, on the CPU (errors propagate).
+
+    It is built with torch's random generators seeded from ``seed`` (the run's ``seed``;
+    :func:`~dnnbrain.dnn.fingerprint.seeded`, the caller's random state is unchanged), so
+    random weights (``pretrained: false``, an untrained factory network) are the same on
+    every call. ``allow_code``: a factory may be the user's own code
+    (:func:`import_factory`).
+    """
+    with seeded(seed):
+        return _build_model(model, allow_code)
+
+
+def _build_model(model: Mapping[str, Any], allow_code: bool) -> DNN:
     if "name" in model:
         return build_network(model["name"], pretrained=model["pretrained"],
                              weights=model["weights"])
@@ -218,7 +232,7 @@ def build_model(model: Mapping[str, Any], allow_code: bool = False) -> DNN:
 
 
 def _model(p: Problems, value: Any, base: Path,
-           allow_code: bool = False) -> Tuple[Optional[dict], Optional[DNN]]:
+           allow_code: bool = False, seed: int = 0) -> Tuple[Optional[dict], Optional[DNN]]:
     named = isinstance(value, Mapping) and "factory" not in value
     allowed = MODEL_NAMED_KEYS if named else MODEL_FACTORY_KEYS
     d = mapping(p, "model", value, allowed, required=("name",) if named else ("factory",))
@@ -276,7 +290,7 @@ def _model(p: Problems, value: Any, base: Path,
     if not buildable:
         return res, None
     try:
-        return res, build_model(res, allow_code)
+        return res, build_model(res, seed, allow_code)
     except Exception as err:  # noqa: BLE001 - a builder's own error is a config problem
         ours = isinstance(err, (ValueError, TypeError, FileNotFoundError, RuntimeError))
         if not ours and "factory" not in res:

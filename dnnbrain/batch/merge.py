@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 from .config import Prepared, prepare
-from .gallery import write_index
+from .gallery import INDEX_NAME, write_index
 from .plan import WorkItem, make_plan, unit_text
 from .store import (MANIFEST_NAME, check_output_dir, clean_temps, find_parts, read_manifest,
                     read_marker, write_manifest)
@@ -110,7 +110,8 @@ def _merge_locked(prep: Prepared, plan: Sequence[WorkItem], n: int,
     rows = [r for _, r in sorted(zip((order[k] for k in keys), rows), key=lambda p: p[0])]
     manifest = write_manifest(out / MANIFEST_NAME, rows, save)
     write_index(out, cfg, rows, prep.stim)
-    clean_temps(out)
+    # only the merge's own temporaries: shards of this run may still be live
+    clean_temps(out, {MANIFEST_NAME, INDEX_NAME})
     log.info("merged %d manifest parts into %s", n, manifest)
     return manifest
 

@@ -35,8 +35,9 @@ class WorkItem:
     key : str
         Name of the item's completion marker (``<label>__t<target>__s<start>-<stop>``).
     digest : str
-        Hash of everything the item's outputs depend on (model, stimuli, batch size, seed,
-        target, method, output options): a marker with another digest does not count.
+        Hash of everything the item's outputs depend on (model and the fingerprint of its
+        network, stimuli, batch size, seed, target, method, output options): a marker with
+        another digest does not count.
     """
 
     index: int
@@ -83,8 +84,9 @@ def map_files(method_label: str, layer: str, unit: Any, stem: str,
 def config_digest(config: Mapping[str, Any], *parts: Any) -> str:
     """sha256 (hex, 16 chars) of the config fields maps depend on, plus ``parts``."""
     outputs = {k: v for k, v in config["outputs"].items() if k != "dir"}
+    net = (config.get("network") or {}).get("fingerprint")
     data = [config["model"], config["stimuli"], config["batch_size"], config["seed"],
-            outputs, *parts]
+            outputs, net, *parts]
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

@@ -28,8 +28,10 @@ from .gallery import write_index
 from .merge import merge_parts
 from .plan import (Shard, WorkItem, make_plan, map_files, map_stem, parse_shard, shard_items,
                    unit_text)
-from .store import (MANIFEST_NAME, check_output_dir, clean_temps, marker_path, part_name,
-                    read_marker, write_config, write_manifest)
+from . import network
+from .lock import run_lock
+from .store import (CONFIG_NAME, MANIFEST_NAME, check_output_dir, clean_temps, marker_path,
+                    part_name, read_marker, write_config, write_manifest)
 from .writer import MapWriter
 
 log = logging.getLogger(__name__)
@@ -161,7 +163,8 @@ def _rows(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str],
                    "unit": actual[j][i], "requested_unit": unit_text(u),
                    "reduce": target["reduce"], "method": method["label"],
                    "activation": f"{float(acts[i, j]):.9g}",
-                   "predicted_class": str(batch.predicted[i])}
+                   "predicted_class": str(batch.predicted[i]),
+                   "network": config["network"]["fingerprint"]}
             row.update(map_files(method["label"], target["layer"], u, map_stem(sid),
                                  config["outputs"]["save"]))
             rows.append(row)
@@ -277,7 +280,9 @@ def run(config: ConfigLike, force: bool = False, dry_run: bool = False,
     ValueError
         On an invalid config (every problem listed) or a bad ``shard``.
     FileExistsError
-        If the output folder holds another run and ``force`` is False.
+        If the output folder holds another run, or maps of another network (both
+        fingerprints named), and ``force`` is False; at once (``RunLockedError``) if
+        another live run holds the folder (:mod:`dnnbrain.batch.lock`).
     """
     tic = time.perf_counter()
     sh = parse_shard(shard)
@@ -286,19 +291,39 @@ def run(config: ConfigLike, force: bool = False, dry_run: bool = False,
     outdir = Path(cfg["outputs"]["dir"])
     plan = make_plan(cfg, len(prep.stim))
     mine = shard_items(plan, sh)
+    check_output_dir(outdir, cfg, force)  # refused before the folder is locked or made
+    network.check_folder(outdir, CONFIG_NAME, cfg["network"], force)
+    if dry_run:  # no lock, nothing written
+        todo = [it for it in mine if read_marker(outdir, it, save) is None]
+        log.info("dry run%s: %d of %d work items to compute, %d complete", _where(sh),
+                 len(todo), len(mine), len(mine) - len(todo))
+        return RunResult(outdir, None, cfg, sh, mine, todo, dry_run=True,
+                         wall_s=time.perf_counter() - tic)
+    with run_lock(outdir, sh):
+        return _run_locked(prep, plan, mine, sh, force, workers, progress, tic, allow_code)
+
+
+def _where(sh: Optional[Shard]) -> str:
+    """``' (shard k/n)'`` or ``''``, for messages."""
+    return "" if sh is None else f" (shard {sh[0]}/{sh[1]})"
+
+
+def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
+                sh: Optional[Shard], force: bool, workers: int, progress: Optional[bool],
+                tic: float, allow_code: bool) -> RunResult:
+    """:func:`run` once the output folder is locked (the folder checked again: a run may
+    have finished there meanwhile)."""
+    cfg, save = prep.config, prep.config["outputs"]["save"]
+    outdir = Path(cfg["outputs"]["dir"])
     changed = check_output_dir(outdir, cfg, force)
+    new_net = network.check_folder(outdir, CONFIG_NAME, cfg["network"], force)
     todo = [it for it in mine if read_marker(outdir, it, save) is None]
-    result = RunResult(outdir, None, cfg, sh, mine, todo, dry_run=dry_run)
-    where = "" if sh is None else f" (shard {sh[0]}/{sh[1]})"
-    if dry_run:
-        log.info("dry run%s: %d of %d work items to compute, %d complete", where, len(todo),
-                 len(mine), len(mine) - len(todo))
-        result.wall_s = time.perf_counter() - tic
-        return result
+    result = RunResult(outdir, None, cfg, sh, mine, todo)
     if changed:
         log.warning("'%s' holds a run with another config; -force: maps whose inputs "
                     "changed are recomputed", outdir)
     write_config(outdir, cfg)
+    prep.dnn = network.use_run_network(prep.dnn, outdir, cfg["network"], replace=new_net)
     if sh is not None:
         (outdir / part_name(*sh)).unlink(missing_ok=True)
         clean_temps(outdir, {f for it in mine for f in _item_paths(cfg, it, prep.stim.ids)})
@@ -322,7 +347,7 @@ def run(config: ConfigLike, force: bool = False, dry_run: bool = False,
         _evaluate(outdir, cfg["evaluate"], progress, allow_code)  # single or merging process
     result.wall_s = time.perf_counter() - tic
     log.info("%s%s: computed %d of %d work items (%d already complete): %d maps in %.2f s, "
-             "%.1f maps/s (%.2f s in the methods); manifest %s", outdir, where, len(todo),
+             "%.1f maps/s (%.2f s in the methods); manifest %s", outdir, _where(sh), len(todo),
              len(mine), len(mine) - len(todo), result.maps, result.wall_s,
              result.maps / result.wall_s, result.compute_s, result.manifest)
     return result

@@ -27,9 +27,11 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "config.resolved.yaml"
 MANIFEST_NAME = "manifest.csv"
 PROGRESS_DIR = ".progress"
+#: The run lock (:mod:`dnnbrain.batch.lock`); kept in the folder, empty.
+LOCK_NAME = ".lock"
 #: Manifest columns before the file columns (one per ``outputs.save`` kind).
 COLUMNS = ("stimulus", "target", "layer", "unit", "requested_unit", "reduce", "method",
-           "activation", "predicted_class")
+           "activation", "predicted_class", "network")
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.tmp")
 _PART_RE = re.compile(r"^manifest\.part(?P<k>\d+)of(?P<n>\d+)\.csv$")
 
@@ -54,10 +56,11 @@ def find_parts(out: Path) -> Dict[int, Dict[int, Path]]:
 
 def comparable(config: Mapping[str, Any]) -> Dict[str, Any]:
     """The config without ``outputs.dir`` and ``title`` (a moved folder, a renamed file:
-    the same run)."""
+    the same run) and without the ``network`` record."""
     cfg = json.loads(json.dumps(dict(config), default=str))
     cfg.get("outputs", {}).pop("dir", None)
     cfg.pop("title", None)
+    cfg.pop("network", None)  # compared on its own (batch.network.check_folder)
     return cfg
 
 
@@ -93,7 +96,10 @@ def check_output_dir(out: Path, config: Mapping[str, Any], force: bool) -> bool:
                                   f"({stored}); differing keys: {diff[:8]}. Pass -force to "
                                   "run this config there (unchanged maps are kept)")
         return bool(diff)
-    if out.is_dir() and any(out.iterdir()) and not force:
+    # lock files and a concurrent shard's temporaries do not make a folder another run's
+    foreign = [f for f in out.iterdir() if not (f.name.startswith(LOCK_NAME)
+                                                 or _TEMP_RE.match(f.name))] if out.is_dir() else []
+    if foreign and not force:
         raise FileExistsError(f"`outputs.dir` '{out}' is not empty and holds no {CONFIG_NAME}"
                               "; pass -force to write into it, or choose an empty folder")
     return False

@@ -1,10 +1,11 @@
 """``dnn_saliency``: saliency maps of units of a layer for a set of stimuli.
 
 DNNBrain's options (``-net -layer -chn -stim -meth -mode -cmap -vmin -vmax -show -out``)
-plus every registered method, ``-param key=value`` for its parameters, ``-weights``,
-``-device``, ``-batch-size``, ``-reduce`` and ``-force``. Writes DNNBrain's figure grid
-(stimuli in the first row, one row per unit; up to ``-ncol`` stimuli a figure) and, per
-stimulus and unit, the raw map as ``npy/<stim>_<layer>_chn<unit>.npy``.
+plus every registered method, ``-param key=value`` for its parameters, ``-weights``
+(or ``-random-weights`` with ``-seed``), ``-device``, ``-batch-size``, ``-reduce`` and
+``-force``. Writes DNNBrain's figure grid (stimuli in the first row, one row per unit; up
+to ``-ncol`` stimuli a figure) and, per stimulus and unit, the raw map as
+``npy/<stim>_<layer>_chn<unit>.npy``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..dnn.algo.registry import make_method, method_names
+from ..dnn.fingerprint import fingerprint, seeded
 from ..dnn.models import network_names
 from ..io.maps import save_npy
 from .common import load_network, load_stimuli, parse_params, run_main, setup_logging
@@ -55,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-reduce", default="mean", choices=["mean", "max"],
                    help="how a conv channel becomes one number (default: mean)")
     p.add_argument("-weights", help="weights file (default: offline search, see docs)")
+    p.add_argument("-random-weights", dest="random_weights", action="store_true",
+                   help="random weights (seeded by -seed) instead of trained ones")
+    p.add_argument("-seed", type=int, default=0,
+                   help="seed of the random weights of -random-weights (default: 0)")
     p.add_argument("-device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("-batch-size", dest="batch_size", type=int, default=None,
                    help="rows per forward/backward pass (default: 32, or as many as fit "
@@ -75,7 +81,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.ncol < 1:
         raise ValueError(f"`-ncol` must be >= 1, got {args.ncol}")
     stim = load_stimuli(args.stim)
-    dnn = load_network(args.net, args.weights, args.device)
+    if args.random_weights and args.weights:
+        raise ValueError("`-random-weights` and `-weights` exclude each other; pass one")
+    if args.seed < 0:
+        raise ValueError(f"`-seed` must be an integer >= 0, got {args.seed}")
+    with seeded(args.seed):
+        try:
+            dnn = load_network(args.net, args.weights, args.device,
+                               pretrained=not args.random_weights)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(str(err).replace("pass pretrained=False",
+                                                     "pass -random-weights")) from None
+    log.info("network %s: fingerprint %s", args.net, fingerprint(dnn.model))
     method = make_method(dnn, args.meth, args.layer, args.chn, args.reduce, args.batch_size,
                          **parse_params(args.param))
     (out / "npy").mkdir(parents=True, exist_ok=True)

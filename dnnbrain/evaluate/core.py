@@ -299,7 +299,7 @@ def evaluate_run(run_dir: PathLike, metrics: Union[str, Sequence[str]] = METRICS
     needs_net = set(opts.metrics) - {"localisation"}
     cuda = list(range(torch.cuda.device_count())) if needs_net else []
     with torch.random.fork_rng(devices=cuda):  # building a network draws random numbers
-        dnn = build_dnn(run.config, device, allow_code) if needs_net else None
+        dnn = build_dnn(run.config, device, run.run_dir, allow_code) if needs_net else None
         torch.manual_seed(opts.seed)
         xs = _per_map(run, dnn, groups, records, opts, progress)
         rand = (_randomisation(run, dnn, groups, opts, progress)

@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from ..batch.config import build_model, runtime_device
+from ..batch.network import load_run_network
 from ..batch.store import COLUMNS, CONFIG_NAME, MANIFEST_NAME, read_manifest
 from ..dnn.models import DNN
 from ..io.maps import load_map
@@ -168,7 +169,7 @@ def read_run(run_dir: PathLike, stim: StimLike = None) -> Run:
     rows = read_manifest(manifest)
     if not rows:
         raise ValueError(f"'{manifest}' lists no map")
-    lacking = [c for c in COLUMNS if c not in rows[0]]
+    lacking = [c for c in COLUMNS if c not in rows[0] and c != "network"]  # older runs
     kind = next((k for k in MAP_KINDS if rows[0].get(k)), None)
     if lacking or kind is None:
         raise ValueError(f"'{manifest}' must have the columns {list(COLUMNS)} and one of "
@@ -188,12 +189,27 @@ def read_run(run_dir: PathLike, stim: StimLike = None) -> Run:
 
 
 def build_dnn(config: Dict[str, Any], device: Optional[str] = None,
-              allow_code: bool = False) -> DNN:
-    """The run's network (``config['model']``) on ``device`` (None: the config's
-    ``model.device``, ``'auto'`` = CUDA when available); ``allow_code``: its factory may
-    be the user's own code."""
+              run_dir: Optional[PathLike] = None, allow_code: bool = False) -> DNN:
+    """The network that made a run's maps, on ``device`` (None: the config's
+    ``model.device``, ``'auto'`` = CUDA when available).
+
+    Built from ``config['model']`` (seeded from ``config['seed']``); with ``run_dir``, the
+    run's saved weights (``network.pth``) are loaded and the result is checked against
+    the fingerprint the run recorded (:func:`dnnbrain.batch.network.load_run_network`).
+    ``allow_code``: its factory may be the user's own code.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the run's saved weights are missing.
+    ValueError
+        If the network's fingerprint is not the recorded one (both named).
+    """
     dev = runtime_device(device or config["model"].get("device", "auto"))
-    return build_model(config["model"], allow_code).to(dev)
+    dnn = build_model(config["model"], int(config.get("seed") or 0), allow_code)
+    if run_dir is not None:
+        dnn = load_run_network(dnn, Path(run_dir), config.get("network"))
+    return dnn.to(dev)
 
 
 def network_input(dnn: DNN, run: Run, idx: Sequence[int]) -> torch.Tensor:
