@@ -8,6 +8,7 @@ holds on any device and for any network; :func:`rows_within` turns it into rows 
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Set, Union
@@ -37,7 +38,8 @@ def parse_budget(value: Budget) -> Optional[int]:
     Raises
     ------
     ValueError
-        For a value that is not a positive size; the message names the accepted forms.
+        For a value that is not a positive, finite size (NaN and inf are refused); the
+        message names the accepted forms.
     """
     if value is None:
         return None
@@ -48,9 +50,9 @@ def parse_budget(value: Budget) -> Optional[int]:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
         if m and m.group(2).lower() in _UNITS:
             number = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if number is None or not number >= 1:
-        raise ValueError("`memory_budget` must be a positive number of bytes or a size such "
-                         f"as '512MiB', '2GB', '1.5GiB', got {value!r}")
+    if number is None or not 1 <= number < math.inf:
+        raise ValueError("`memory_budget` must be a positive, finite number of bytes or a "
+                         f"size such as '512MiB', '2GB', '1.5GiB', got {value!r}")
     return int(number)
 
 

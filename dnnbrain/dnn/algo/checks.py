@@ -1,7 +1,8 @@
 """Parameter checks shared by the methods: errors name the parameter, value and range."""
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+import re
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -25,3 +26,32 @@ def check_number(name: str, value: Any, low: float, high: Optional[float] = None
         raise ValueError(f"`{name}` must be {'an int' if integer else 'a number'} in {span}, "
                          f"got {value!r}")
     return int(value) if integer else float(value)
+
+
+#: torch's messages for an input the network cannot take (channels, size, flattening).
+_SHAPE_ERRORS = re.compile(
+    r"expected input\[.*\] to have \d+ channels|Output size is too small|Kernel size can't "
+    r"be greater than actual input size|mat1 and mat2 shapes cannot be multiplied|shape "
+    r"'\[.*\]' is invalid for input of size|Expected \d+D \(unbatched\) or \d+D \(batched\) "
+    r"input|Padding size should be less than the corresponding input dimension|Input and "
+    r"output sizes should be greater than 0|The size of tensor a \(\d+\) must match the size "
+    r"of tensor b \(\d+\) at non-singleton dimension")
+
+
+def input_shape_error(err: RuntimeError, shape: Sequence[int], network: str,
+                      expected: Optional[Sequence[int]]) -> Optional[ValueError]:
+    """A one-line ValueError naming `image` for torch's complaint ``err`` about an input
+    of ``shape`` ``(B, C, H, W)``, or None when ``err`` is not such a complaint (then it
+    is a genuine error and must propagate as it is). ``expected``: the ``(C, H, W)`` the
+    network's ``test_transform`` gives (None: it keeps the image size)."""
+    text = " ".join(str(err).split())
+    if not _SHAPE_ERRORS.search(text):
+        return None
+    one = tuple(int(v) for v in shape[1:])
+    want = (f"its test_transform gives {tuple(expected)}" if expected is not None
+            else "its test_transform gives (3, H, W)")
+    hint = ("; the network does not take its own test_transform's output: give the DNN a "
+            "matching test_transform, or pass preprocessed=True input it takes"
+            if expected is not None and one == tuple(expected) else "")
+    return ValueError(f"`image` of shape {one} does not fit the network {network} ({want})"
+                      f": {text}{hint}")

@@ -113,7 +113,7 @@ def smooth_maps(method: SaliencyImage, image: Any, n_iter: int, sigma_multiplier
     base ``_attribute``) is a weighted gradient sum, :func:`gradient_sums`; any other map
     is computed per noisy copy and reduced.
     """
-    if not isinstance(n_iter, int) or n_iter < 1:
+    if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
         raise ValueError(f"`n_iter` must be a positive int, got {n_iter!r}")
     if mode not in SMOOTH_MODES:
         raise ValueError(f"`mode` must be one of {list(SMOOTH_MODES)}, got {mode!r}")
