@@ -5,6 +5,7 @@ Headless: figures are :class:`matplotlib.figure.Figure` with an Agg canvas, neve
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from pathlib import Path
@@ -124,6 +125,28 @@ def _get_cmap(cmap: Union[str, Colormap]) -> Colormap:
                          f"matplotlib.colormaps), got {cmap!r}") from None
 
 
+def _check_limits(vmin: Any, vmax: Any) -> None:
+    for name, v in (("vmin", vmin), ("vmax", vmax)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)
+                              or not math.isfinite(v)):
+            raise ValueError(f"`{name}` must be a finite number or None, got {v!r}")
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise ValueError(f"`vmin` must be smaller than `vmax`, got vmin={vmin}, vmax={vmax}")
+
+
+def check_figure_options(cmap: Union[str, Colormap] = "gray", vmin: Optional[float] = None,
+                         vmax: Optional[float] = None, mode: str = "RGB",
+                         percentile: float = 99) -> None:
+    """Raise the ValueError :func:`saliency_grid` would raise for these options (an
+    unknown ``cmap`` or ``mode``, non-finite or inverted ``vmin``/``vmax``, a
+    ``percentile`` outside (0, 100]), before any map is computed."""
+    if mode not in _MODES:
+        raise ValueError(f"`mode` must be one of {list(_MODES)}, got {mode!r}")
+    _check_percentile(percentile)
+    _get_cmap(cmap)
+    _check_limits(vmin, vmax)
+
+
 def _map_2d(map: ArrayLike, percentile: Optional[float]) -> tuple:
     """Map -> (2-D float array, percentile still to apply). A 3-D map is reduced with
     :func:`grayscale` (which uses up the percentile; None means no clipping)."""
@@ -137,8 +160,7 @@ def _map_2d(map: ArrayLike, percentile: Optional[float]) -> tuple:
 def _colorize(m: np.ndarray, cmap: Union[str, Colormap], percentile: Optional[float],
               vmin: Optional[float], vmax: Optional[float]) -> np.ndarray:
     cm = _get_cmap(cmap)
-    if vmin is not None and vmax is not None and not vmin < vmax:
-        raise ValueError(f"`vmin` must be smaller than `vmax`, got vmin={vmin}, vmax={vmax}")
+    _check_limits(vmin, vmax)
     lo = float(m.min() if vmin is None else vmin)
     hi = vmax if vmax is not None else (m.max() if percentile is None else
                                          np.percentile(m, percentile))
@@ -281,10 +303,8 @@ def saliency_grid(images: Any, maps: Any, row_titles: Optional[Sequence[str]] = 
     matplotlib.figure.Figure
         ``(U + 1) * N`` axes, row-major.
     """
-    if mode not in _MODES:
-        raise ValueError(f"`mode` must be one of {list(_MODES)}, got {mode!r}")
-    percentile = _check_percentile(percentile)
-    _get_cmap(cmap)
+    check_figure_options(cmap, vmin, vmax, mode, percentile)
+    percentile = float(percentile)
     images = getattr(images, "paths", images)  # a Stimulus contributes its files
     stims = list(images) if is_batch(images) else [images]
     rows = [list(r) for r in maps]
@@ -392,5 +412,5 @@ def save_image(path: PathLike, arr_uint8: Any) -> Path:
     return Path(path)
 
 
-__all__ = ["grayscale", "diverging", "heatmap", "overlay", "to_uint8_image",
-           "saliency_grid", "labelled_panel", "save_image"]
+__all__ = ["check_figure_options", "grayscale", "diverging", "heatmap", "overlay",
+           "to_uint8_image", "saliency_grid", "labelled_panel", "save_image"]

@@ -3,6 +3,7 @@ and turning user errors into one line on stderr."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -10,6 +11,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import yaml
 
+from ..batch.config import check_device
+from ..batch.schema import Problems
 from ..dnn.models import DNN, build_network
 from ..io.stim import IMAGE_EXTENSIONS, Stimulus
 
@@ -23,14 +26,15 @@ def setup_logging(verbose: int = 0) -> None:
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
-    """``'auto'``/None -> CUDA when available, else CPU; anything else as torch parses it."""
+    """``'auto'``/None -> CUDA when available, else CPU; else a device this machine has
+    (cpu, cuda[:N], mps), checked as a run config's ``model.device``
+    (:func:`dnnbrain.batch.config.check_device`): ValueError naming `device` otherwise."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got "
-                         f"{device!r}") from err
+    problems = Problems()
+    if check_device(problems, "device", device) is None:
+        raise ValueError(f"`device` {problems.items[0][1]}")
+    return torch.device(device)
 
 
 def load_network(name: str, weights: Optional[str] = None, device: Optional[str] = None,
@@ -82,11 +86,36 @@ def parse_params(pairs: Optional[List[str]]) -> Dict[str, Any]:
     return params
 
 
+def os_error_line(err: OSError) -> Optional[str]:
+    """One line for an operating-system error on a file (disk full, read-only disk, no
+    permission, a file where a folder should be ...), naming the file; None for an
+    OSError without an errno (a library's own error, which is not the user's)."""
+    if err.errno is None:
+        return None
+    reason = err.strerror or os.strerror(err.errno)
+    files = [f"'{os.fsdecode(f) if isinstance(f, (str, bytes, os.PathLike)) else f}'"
+             for f in (err.filename, err.filename2) if f is not None]
+    return f"{reason}: {' -> '.join(files)}" if files else f"{reason} (errno {err.errno})"
+
+
 def run_main(prog: str, body: Callable[[], int]) -> int:
-    """Run ``body``; a user error becomes one line on stderr and exit status 2."""
+    """Run ``body``; a user error becomes one line on stderr and exit status 2.
+
+    User errors are ValueError, TypeError, FileNotFoundError, FileExistsError and KeyError
+    (their messages name the parameter or file), and operating-system errors on files
+    (:func:`os_error_line`: a full or read-only disk, a missing permission). Anything
+    else (a RuntimeError from torch, an OSError a library raises without an errno)
+    propagates with its traceback: it is a bug, not the user's input.
+    """
     try:
         return body()
     except USER_ERRORS as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         sys.stderr.write(f"{prog}: error: {msg}\n")
+        return 2
+    except OSError as err:
+        line = os_error_line(err)
+        if line is None:
+            raise
+        sys.stderr.write(f"{prog}: error: {line}\n")
         return 2

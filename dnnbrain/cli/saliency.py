@@ -5,21 +5,27 @@ plus every registered method, ``-param key=value`` for its parameters, ``-weight
 (or ``-random-weights`` with ``-seed``), ``-device``, ``-batch-size``, ``-reduce`` and
 ``-force``. Writes DNNBrain's figure grid (stimuli in the first row, one row per unit; up
 to ``-ncol`` stimuli a figure) and, per stimulus and unit, the raw map as
-``npy/<stim>_<layer>_chn<unit>.npy``.
+``npy/<stim>_<layer>_chn<unit>.npy``, where ``<stim>``
+is the stimID without its ending, folders kept (``cats/a.png`` -> ``npy/cats/a_...``).
+Every option is checked before any map is computed or any file is written.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
+from ..batch.checks import input_shape
+from ..batch.plan import map_stem
 from ..dnn.algo.registry import make_method, method_names
 from ..dnn.fingerprint import fingerprint, seeded
 from ..dnn.models import network_names
-from ..io.maps import save_npy
+from ..io.images import image_size
+from ..io.maps import atomic_write, save_npy
 from .common import load_network, load_stimuli, parse_params, run_main, setup_logging
 
 log = logging.getLogger(__name__)
@@ -73,14 +79,53 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_out(out: Path, force: bool) -> None:
+    """``-out`` must be a folder (or creatable as one), empty unless ``-force``."""
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"`-out` '{out}' is a file, not a folder")
+        if any(out.iterdir()) and not force:
+            raise FileExistsError(f"`-out` '{out}' is not empty; pass -force to write into it")
+        return
+    above = next(p for p in out.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise ValueError(f"`-out` '{out}' cannot be created: '{above}' is a file, not a "
+                         "folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ValueError(f"`-out` '{out}' cannot be created: no write permission in "
+                         f"'{above}'")
+
+
+def map_names(stim_ids: List[str]) -> List[str]:
+    """Output name of each stimulus' maps: its stimID without the file ending, its folders
+    kept (``a/b.png`` -> ``a/b``, as ``dnn_saliency_batch`` names them); ValueError naming
+    the stimuli when two would still share a name (``a.png`` and ``a.jpg``)."""
+    names = [map_stem(s) for s in stim_ids]
+    seen: dict = {}
+    for sid, name in zip(stim_ids, names):
+        seen.setdefault(name, []).append(sid)
+    dups = [ids for ids in seen.values() if len(ids) > 1]
+    if dups:
+        raise ValueError(f"`-stim` holds stimuli whose maps would share a file name (the "
+                         f"stimID without its ending): {dups[:5]}; rename or remove one "
+                         "of each")
+    return names
+
+
 def _run(args: argparse.Namespace) -> int:
     from .. import viz
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise FileExistsError(f"`-out` '{out}' is not empty; pass -force to write into it")
+    # every option is checked before any map is computed or any file is written
     if args.ncol < 1:
         raise ValueError(f"`-ncol` must be >= 1, got {args.ncol}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"`-batch-size` must be >= 1, got {args.batch_size}")
+    viz.check_figure_options(args.cmap, args.vmin, args.vmax, args.mode)
+    _check_out(out, args.force)
     stim = load_stimuli(args.stim)
+    names = map_names(stim.ids)
+    for path in stim.paths:
+        image_size(path)  # readable, within the pixel limit (header only)
     if args.random_weights and args.weights:
         raise ValueError("`-random-weights` and `-weights` exclude each other; pass one")
     if args.seed < 0:
@@ -95,22 +140,27 @@ def _run(args: argparse.Namespace) -> int:
     log.info("network %s: fingerprint %s", args.net, fingerprint(dnn.model))
     method = make_method(dnn, args.meth, args.layer, args.chn, args.reduce, args.batch_size,
                          **parse_params(args.param))
+    shape = input_shape(dnn)
+    if shape is not None:  # the method's checks that need the input size
+        method.check_input(shape)
     (out / "npy").mkdir(parents=True, exist_ok=True)
     units = list(args.chn)
     figures = []
     for start in range(0, len(stim), args.ncol):
-        part = stim[list(range(start, min(start + args.ncol, len(stim))))]
+        rows = list(range(start, min(start + args.ncol, len(stim))))
+        part = stim[rows]
         maps = method.backprop(part.paths)  # (N, U, ...)
-        for i, sid in enumerate(part.ids):
+        for i, row in enumerate(rows):
             for k, unit in enumerate(units):
-                save_npy(out / "npy" / f"{Path(sid).stem}_{args.layer}_chn{unit}.npy",
+                save_npy(out / "npy" / f"{names[row]}_{args.layer}_chn{unit}.npy",
                          maps[i, k])
         suffix = f"_part{start // args.ncol + 1}" if len(stim) > args.ncol else ""
         fname = out / f"{args.meth}_{args.layer}{suffix}.png"
-        viz.saliency_grid(part.paths, np.swapaxes(maps, 0, 1),
+        fig = viz.saliency_grid(part.paths, np.swapaxes(maps, 0, 1),
                                 row_titles=[f"{args.layer}_{u}" for u in units],
                                 col_titles=[Path(s).stem for s in part.ids], cmap=args.cmap,
-                                vmin=args.vmin, vmax=args.vmax, mode=args.mode, fname=fname)
+                                vmin=args.vmin, vmax=args.vmax, mode=args.mode)
+        atomic_write(fname, fig.savefig)
         figures.append(fname)
         log.info("wrote %s", fname)
     if args.show:  # the saved figures, in pyplot windows

@@ -8,14 +8,15 @@ pixels and returns a normalised float tensor, along one code path for all of the
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFile
+
+from ..io.images import decode, read_image, upright
 
 ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray, torch.Tensor]
 
@@ -26,7 +27,11 @@ _MODE_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 655
 
 def _to_numpy(img: Any) -> np.ndarray:
     if isinstance(img, torch.Tensor):
-        return img.detach().cpu().numpy()
+        img = img.detach().cpu()
+        if img.dtype.is_floating_point and img.dtype not in (torch.float16, torch.float32,
+                                                              torch.float64):
+            img = img.float()  # bfloat16, float8: numpy has no such dtype
+        return img.numpy()
     return np.asarray(img)
 
 
@@ -45,8 +50,13 @@ def _channels_first(arr: np.ndarray, name: str) -> np.ndarray:
 
 def _pil_to_float(img: Image.Image) -> np.ndarray:
     """PIL image in any mode -> float32 HxWx3 array in 0..1 (alpha dropped)."""
+    if img.width < 1 or img.height < 1:
+        raise ValueError(f"`image` must have at least one pixel, got a {img.width}x"
+                         f"{img.height} PIL image")
     if img.mode in _MODE_SCALE:
         arr = np.asarray(img, dtype=np.float32) / _MODE_SCALE[img.mode]
+        if img.mode == "F" and not np.isfinite(arr).all():
+            raise ValueError("`image` in PIL mode 'F' must be finite, got NaN or inf values")
         if img.mode == "F" and (arr.min() < 0 or arr.max() > 1):
             raise ValueError("`image` in PIL mode 'F' must hold values in 0..1, "
                              f"got {arr.min():.3g}..{arr.max():.3g}")
@@ -69,6 +79,8 @@ def _array_to_float_chw(arr: np.ndarray) -> np.ndarray:
         arr = _channels_first(arr, "image")
     else:
         raise ValueError(f"`image` array must have 2 or 3 dimensions, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"`image` array must have at least one pixel, got shape {arr.shape}")
     if arr.dtype == np.bool_:
         out = arr.astype(np.float32)
     elif arr.dtype == np.uint16:
@@ -80,8 +92,10 @@ def _array_to_float_chw(arr: np.ndarray) -> np.ndarray:
         out = arr.astype(np.float32) / 255.0
     elif np.issubdtype(arr.dtype, np.floating):
         out = arr.astype(np.float32)
-        if out.size and (not np.isfinite(out).all() or out.min() < -1e-6
-                         or out.max() > 1 + 1e-6):
+        if not np.isfinite(out).all():
+            raise ValueError("float `image` arrays must be finite pixels in 0..1, got NaN or "
+                             "inf values")
+        if out.min() < -1e-6 or out.max() > 1 + 1e-6:
             raise ValueError("float `image` arrays must hold pixels in 0..1, got "
                              f"{np.nanmin(out):.4g}..{np.nanmax(out):.4g}; divide uint8 data "
                              "by 255, or pass an already preprocessed tensor with "
@@ -94,7 +108,7 @@ def _array_to_float_chw(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out[:3])
 
 
-def load_image(image: ImageLike) -> torch.Tensor:
+def load_image(image: ImageLike, max_pixels: Optional[int] = None) -> torch.Tensor:
     """Any supported image -> float32 tensor ``(3, H, W)`` in 0..1, on the CPU.
 
     Parameters
@@ -102,19 +116,29 @@ def load_image(image: ImageLike) -> torch.Tensor:
     image : PIL.Image, str, os.PathLike, numpy.ndarray or torch.Tensor
         A PIL image in any mode (L, LA, P, RGB, RGBA, CMYK, I;16, I, F), a path to an image
         file, or pixels as HW / HWC / CHW with uint8 0..255, uint16, bool or float 0..1.
+        Files, and PIL images straight from ``Image.open``, are turned upright by their
+        EXIF orientation; any other PIL image is used as it is (see
+        :mod:`dnnbrain.io.images`).
+    max_pixels : int or None
+        Most pixels an image file may have (None: ``$DNNBRAIN_MAX_PIXELS``, else about
+        89.5 million, see :func:`dnnbrain.io.images.pixel_limit`).
 
     Returns
     -------
     torch.Tensor
         ``(3, H, W)`` float32 in 0..1. The input is never modified.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, TypeError
+        A missing file; a folder, an unreadable, truncated or too large file (named), or
+        bad pixel values; an unsupported type or dtype.
     """
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"`image` file not found: {str(path)!r}")
-        with Image.open(path) as img:
-            img.load()
-            return load_image(img)
+        return load_image(read_image(image, max_pixels))
+    if isinstance(image, ImageFile.ImageFile):  # straight from Image.open: decode, turn
+        decode(image, path=image.filename)
+        image = upright(image, path=image.filename)
     if isinstance(image, Image.Image):
         return torch.from_numpy(np.moveaxis(_pil_to_float(image), -1, 0).copy())
     if isinstance(image, (np.ndarray, torch.Tensor)):
@@ -143,7 +167,14 @@ class ImageTransform:
     def __init__(self, size: Union[int, Tuple[int, int], None],
                  mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None) -> None:
-        self.size = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
+        if size is not None:
+            size = (size, size) if isinstance(size, int) else size
+            if (not isinstance(size, (tuple, list)) or len(size) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                               for v in size)):
+                raise ValueError(f"`size` must be a positive int, (H, W) of positive ints or "
+                                 f"None, got {size!r}")
+        self.size = None if size is None else tuple(size)
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
 
@@ -188,6 +219,34 @@ def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+def _preprocessed(images: Any, transform: ImageTransform) -> torch.Tensor:
+    """A preprocessed ``(3, H, W)`` / ``(N, 3, H, W)`` array or tensor, checked, as a float32
+    ``(N, C, H, W)`` copy (nothing downstream can touch the caller's tensor)."""
+    want = (f"(3, {transform.size[0]}, {transform.size[1]})" if transform.size
+            else "(3, H, W)")
+    if not isinstance(images, (np.ndarray, torch.Tensor)) or images.ndim not in (3, 4):
+        raise TypeError(f"with preprocessed=True `image` must be a {want} or (N, {want[1:]} "
+                        f"tensor or array, got {type(images).__name__}"
+                        f"{tuple(getattr(images, 'shape', ()))}")
+    kind = images.dtype.kind if isinstance(images, np.ndarray) else (
+        "f" if images.dtype.is_floating_point else "c" if images.dtype.is_complex else
+        "b" if images.dtype == torch.bool else "i")
+    if kind not in "biuf":
+        raise TypeError(f"with preprocessed=True `image` must hold real numbers, got dtype "
+                        f"{images.dtype}")
+    x = (torch.from_numpy(np.array(images, dtype=np.float32)) if isinstance(images, np.ndarray)
+         else images.detach().to(dtype=torch.float32, copy=True))
+    x = x if x.ndim == 4 else x[None]
+    if x.numel() == 0:
+        raise ValueError(f"with preprocessed=True `image` must not be empty, got shape "
+                         f"{tuple(images.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"`image` must be finite, got {int((~torch.isfinite(x)).sum())} NaN "
+                         f"or inf values in the preprocessed input of shape "
+                         f"{tuple(images.shape)}")
+    return x
+
+
 def is_batch(images: Any) -> bool:
     """True when ``images`` is several images: a list/tuple, or a 4-D array/tensor."""
     if isinstance(images, (list, tuple)):
@@ -212,15 +271,11 @@ def to_input(images: Any, transform: ImageTransform,
         When True, ``images`` is already the transform's output, ``(N, 3, H, W)`` or
         ``(3, H, W)`` float, and is used as it is (no resize, no normalisation).
     """
+    if not isinstance(preprocessed, (bool, np.bool_)):
+        raise TypeError(f"`preprocessed` must be True or False, got {preprocessed!r}")
     batch = is_batch(images)
     if preprocessed:
-        if not isinstance(images, (np.ndarray, torch.Tensor)) or images.ndim not in (3, 4):
-            raise TypeError("with preprocessed=True `image` must be a (3, H, W) or "
-                            "(N, 3, H, W) tensor or array, got "
-                            f"{type(images).__name__}{getattr(images, 'shape', '')}")
-        # a copy: nothing downstream can touch the caller's tensor
-        x = torch.as_tensor(images).detach().to(dtype=torch.float32, copy=True)
-        return (x if batch else x[None]), batch
+        return _preprocessed(images, transform), batch
     if hasattr(images, "paths") and not isinstance(images, (list, tuple)):
         images = list(images.paths)
     seq = list(images) if batch else [images]

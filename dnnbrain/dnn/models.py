@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -195,6 +196,15 @@ def _candidates(spec: zoo.NetSpec, weights: Optional[PathLike]) -> List[Path]:
     return places
 
 
+def _load_reason(err: Exception) -> str:
+    """torch.load's (often multi-line) complaint in one line: the unpickler's own reason
+    when it gives one."""
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    reason = found.group(1) if found else (text.strip().splitlines() or [""])[0]
+    return " ".join(f"{type(err).__name__}: {reason}".split())
+
+
 def load_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike] = None,
                     map_location: Union[str, torch.device] = "cpu",
                     download: Optional[bool] = None) -> Dict[str, torch.Tensor]:
@@ -212,6 +222,14 @@ def load_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike] = None,
     ValueError
         If a file exists but is not a loadable state dict.
     """
+    return _find_state_dict(spec, weights, map_location, download)[0]
+
+
+def _find_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike],
+                     map_location: Union[str, torch.device], download: Optional[bool]
+                     ) -> Tuple[Dict[str, torch.Tensor], str]:
+    """:func:`load_state_dict` and where the state dict came from (a path, or
+    torchvision's download)."""
     places = _candidates(spec, weights)
     if weights is not None and not places[0].is_file():
         raise FileNotFoundError(f"`weights` file not found: {str(places[0])!r}")
@@ -222,16 +240,18 @@ def load_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike] = None,
                 state = torch.load(path, map_location=map_location, weights_only=True)
             except Exception as err:  # corrupt / not a weights-only pickle
                 raise ValueError(f"weights file {str(path)!r} for {spec.name} could not be "
-                                 f"loaded: {err}") from err
+                                 f"loaded by torch.load(weights_only=True): "
+                                 f"{_load_reason(err)}") from err
             if not isinstance(state, Mapping):
                 raise ValueError(f"weights file {str(path)!r} for {spec.name} does not hold "
                                  f"a state dict (got {type(state).__name__})")
-            return dict(state)
+            return dict(state), str(path)
     if download is None:
         download = not os.environ.get("DNNBRAIN_OFFLINE")
     if download and spec.tv_weights:
         try:
-            return _tv_weights(spec).get_state_dict(progress=True)
+            return (_tv_weights(spec).get_state_dict(progress=True),
+                    f"torchvision's download of {spec.tv_weights}")
         except Exception as err:
             log.info("download of %s weights failed: %s", spec.name, err)
     data = os.environ.get("DNNBRAIN_DATA", "<unset>")
@@ -242,6 +262,47 @@ def load_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike] = None,
         f"{'cache' if spec.tv_weights else 'package data'} {str(places[-1])!r}"
         + (", then tried torchvision's download" if download and spec.tv_weights else "")
         + ". Place the file in one of these, or pass pretrained=False for random weights.")
+
+
+def state_dict_mismatch(model: nn.Module, state: Mapping[str, object],
+                        show: int = 3) -> Optional[str]:
+    """How ``state`` fails to fit ``model`` on one line, or None when every key and shape
+    matches.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network the weights are for.
+    state : mapping of str to torch.Tensor
+        A state dict (e.g. from a weights file).
+    show : int
+        Keys listed per kind of problem (the rest are counted).
+
+    Returns
+    -------
+    str or None
+        E.g. ``"2 tensor(s) of the wrong shape: 'fc.weight' is (10, 512) in the file,
+        (4, 512) in the model; ..."``, then missing and unexpected keys.
+    """
+    expected = model.state_dict()
+
+    def listed(items: List[str]) -> str:
+        more = f"; ... and {len(items) - show} more" if len(items) > show else ""
+        return "; ".join(items[:show]) + more
+
+    shapes = [f"{k!r} is {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the "
+              f"model" for k, v in state.items()
+              if k in expected and tuple(getattr(v, "shape", ())) != tuple(expected[k].shape)]
+    missing = [repr(k) for k in expected if k not in state]
+    extra = [repr(k) for k in state if k not in expected]
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} tensor(s) of the wrong shape: {listed(shapes)}")
+    if missing:
+        parts.append(f"{len(missing)} key(s) missing from the file: {listed(missing)}")
+    if extra:
+        parts.append(f"{len(extra)} key(s) the model does not have: {listed(extra)}")
+    return ". ".join(parts) if parts else None
 
 
 def _build_module(spec: zoo.NetSpec) -> nn.Module:
@@ -279,13 +340,15 @@ def build_network(name: str, pretrained: bool = True, weights: Optional[PathLike
     spec = zoo.get_spec(name)
     model = _build_module(spec)
     if pretrained or weights is not None:
-        state = load_state_dict(spec, weights, download=download)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            where = weights or "the weights file"
-            raise ValueError(f"weights {str(where)!r} do not match {spec.name}: "
-                             f"{str(err).splitlines()[0]}") from err
+        state, where = _find_state_dict(spec, weights, "cpu", download)
+        problem = state_dict_mismatch(model, state)
+        if problem is None:
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as err:
+                problem = " ".join(str(err).split())
+        if problem is not None:
+            raise ValueError(f"weights {where!r} do not match {spec.name}: {problem}")
     if spec.drop_aux:  # as torchvision does after loading its weights
         model.aux_logits = False
         model.aux1 = model.aux2 = None

@@ -18,6 +18,7 @@ from ..batch.config import build_model, runtime_device
 from ..batch.network import load_run_network
 from ..batch.store import COLUMNS, CONFIG_NAME, MANIFEST_NAME, read_manifest
 from ..dnn.models import DNN
+from ..io.images import image_size
 from ..io.maps import load_map
 from ..io.stim import IMAGE_EXTENSIONS, Stimulus
 
@@ -66,10 +67,10 @@ class Run:
         return load_map(self.map_file(row))
 
     def image_size(self, i: int) -> Tuple[int, int]:
-        """``(height, width)`` of stimulus ``i``'s original image (header read only)."""
+        """``(height, width)`` of stimulus ``i``'s original image, upright by its EXIF
+        orientation as the maps were computed (header read only)."""
         if i not in self._sizes:
-            with Image.open(self.stim.paths[i]) as img:
-                self._sizes[i] = (img.height, img.width)
+            self._sizes[i] = image_size(self.stim.paths[i])
         return self._sizes[i]
 
     def ground_truth(self, i: int, shape: Tuple[int, int]) -> Optional[np.ndarray]:

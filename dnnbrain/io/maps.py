@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterator, Union
 import numpy as np
 from PIL import Image
 
+from .images import read_image
+
 __all__ = ["atomic_path", "atomic_write", "save_npy", "save_png", "save_nifti",
            "load_nifti", "load_map", "save_map", "MAP_SUFFIXES"]
 
@@ -86,7 +88,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     Notes
     -----
     If the block raises (``KeyboardInterrupt`` included), the temporary file is removed,
-    ``path`` is left untouched and the exception propagates. Data are not ``fsync``-ed: the
+    ``path`` is left untouched and the exception propagates; an operating-system error
+    that names no file (a full disk) is raised again naming ``path``. Data are not ``fsync``-ed: the
     guarantee is against crashed or interrupted processes, not power loss.
     """
     path = Path(path)
@@ -95,7 +98,13 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{ends}")
     done = False
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:
+            if err.errno is not None and err.filename is None:  # name the file written
+                raise OSError(err.errno, err.strerror or os.strerror(err.errno),
+                                str(path)) from err
+            raise
         try:
             os.replace(tmp, path)
         except FileNotFoundError:
@@ -357,11 +366,11 @@ def load_map(path: PathLike) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     if kind in (".nii", ".nii.gz"):
         return load_nifti(path)[0]
-    with Image.open(path) as pil:
-        if pil.mode not in ("L", "RGB", "RGBA"):
-            gray = len(pil.getbands()) == 1 and pil.mode != "P"
-            pil = pil.convert("L" if gray else "RGBA" if "A" in pil.getbands() else "RGB")
-        return np.asarray(pil, dtype=np.float32) / np.float32(255.0)
+    pil = read_image(path, exif=False, what="map")
+    if pil.mode not in ("L", "RGB", "RGBA"):
+        gray = len(pil.getbands()) == 1 and pil.mode != "P"
+        pil = pil.convert("L" if gray else "RGBA" if "A" in pil.getbands() else "RGB")
+    return np.asarray(pil, dtype=np.float32) / np.float32(255.0)
 
 
 def save_map(path: PathLike, map: Any, description: str = "") -> Path:  # noqa: A002

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
-from PIL import Image
 
+from .images import read_image
 from .maps import atomic_write
 
 __all__ = ["Stimulus", "demo_stimulus_file", "STIM_TYPES", "HEADER_KEYS", "IMAGE_EXTENSIONS"]
@@ -142,7 +142,8 @@ class Stimulus:
     ----------
     data : mapping of str to array-like
         Column name -> 1-D values of one length, with ``stimID``. ``stimID``, ``boxes``
-        (``"x0 y0 x1 y1"`` in pixels of the original image, right/bottom exclusive, several
+        (``"x0 y0 x1 y1"`` in pixels of the original image, upright by its EXIF
+        orientation as every image is read, right/bottom exclusive, several
         joined by ``;``) and ``mask`` (image file, relative to ``path``, nonzero = inside)
         become object (str), ``label`` int64, ``onset``/``duration``/``response`` float64
         (None/'' -> NaN); other columns keep their dtype (str arrays become object).
@@ -210,7 +211,13 @@ class Stimulus:
         fname = Path(fname)
         if not fname.is_file():
             raise FileNotFoundError(f"stimulus file not found: '{fname}'")
-        lines = fname.read_text(encoding="utf-8-sig").splitlines()
+        try:
+            lines = fname.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as err:
+            line = fname.read_bytes()[:err.start].count(b"\n") + 1
+            raise ValueError(f"stimulus file '{fname}' line {line}: not UTF-8 text (byte "
+                             f"{err.object[err.start:err.start + 1]!r} at offset {err.start})"
+                             "; save it as UTF-8") from None
         name = fname.name
         header, columns, body = _read_header(lines, name)
         rows, where = [], []
@@ -361,15 +368,16 @@ class Stimulus:
     def mask(self, i: int) -> np.ndarray | None:
         """Mask of stimulus ``i``: ``(H, W)`` bool, True where the ``mask`` column's image is
         nonzero (any colour channel, alpha ignored); None without a ``mask`` column or for
-        an empty cell; FileNotFoundError if the image is missing."""
+        an empty cell; FileNotFoundError if the image is missing. Read like the stimuli
+        (:func:`dnnbrain.io.images.read_image`: EXIF orientation, pixel limit)."""
         if "mask" not in self.data or str(self.data["mask"][i]).strip() == "":
             return None
         fname = self.root / str(self.data["mask"][i])
         if not fname.is_file():
             raise FileNotFoundError(f"mask image of stimulus {i} not found: '{fname}'")
-        with Image.open(fname) as img:
-            arr = np.asarray(img if img.mode in ("1", "L", "I", "I;16", "F", "RGB")
-                             else img.convert("RGB"))
+        img = read_image(fname, what="mask image")
+        arr = np.asarray(img if img.mode in ("1", "L", "I", "I;16", "F", "RGB")
+                         else img.convert("RGB"))
         return arr.any(axis=-1) if arr.ndim == 3 else arr != 0
 
     def check_files(self) -> None:

@@ -38,7 +38,8 @@ def parse_budget(value: Budget) -> Optional[int]:
     Raises
     ------
     ValueError
-        For a value that is not a positive size; the message names the accepted forms.
+        For a value that is not a positive, finite size (NaN and inf are refused); the
+        message names the accepted forms.
     """
     if value is None:
         return None

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple, Union
+import re
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -39,3 +40,32 @@ def check_noise(n_samples: Any, sigma_multiplier: Any,
         raise ValueError(f"`{n_name}` must be a positive int, got {n_samples!r}")
     sigma = check_number("sigma_multiplier", sigma_multiplier, 0, open_low=False)
     return int(n_samples), sigma
+
+
+#: torch's messages for an input the network cannot take (channels, size, flattening).
+_SHAPE_ERRORS = re.compile(
+    r"expected input\[.*\] to have \d+ channels|Output size is too small|Kernel size can't "
+    r"be greater than actual input size|mat1 and mat2 shapes cannot be multiplied|shape "
+    r"'\[.*\]' is invalid for input of size|Expected \d+D \(unbatched\) or \d+D \(batched\) "
+    r"input|Padding size should be less than the corresponding input dimension|Input and "
+    r"output sizes should be greater than 0|The size of tensor a \(\d+\) must match the size "
+    r"of tensor b \(\d+\) at non-singleton dimension")
+
+
+def input_shape_error(err: RuntimeError, shape: Sequence[int], network: str,
+                      expected: Optional[Sequence[int]]) -> Optional[ValueError]:
+    """A one-line ValueError naming `image` for torch's complaint ``err`` about an input
+    of ``shape`` ``(B, C, H, W)``, or None when ``err`` is not such a complaint (then it
+    is a genuine error and must propagate as it is). ``expected``: the ``(C, H, W)`` the
+    network's ``test_transform`` gives (None: it keeps the image size)."""
+    text = " ".join(str(err).split())
+    if not _SHAPE_ERRORS.search(text):
+        return None
+    one = tuple(int(v) for v in shape[1:])
+    want = (f"its test_transform gives {tuple(expected)}" if expected is not None
+            else "its test_transform gives (3, H, W)")
+    hint = ("; the network does not take its own test_transform's output: give the DNN a "
+            "matching test_transform, or pass preprocessed=True input it takes"
+            if expected is not None and one == tuple(expected) else "")
+    return ValueError(f"`image` of shape {one} does not fit the network {network} ({want})"
+                      f": {text}{hint}")

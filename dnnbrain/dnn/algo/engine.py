@@ -22,6 +22,7 @@ from ..base import to_input
 from ..models import DNN
 from .calls import Call, CallCounts, check_call
 from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
+from .checks import input_shape_error
 from .relu import relu_override
 from .target import REDUCE, Unit, check_units, resolve_predicted, select, static_size
 
@@ -114,7 +115,8 @@ class SaliencyImage:
         if not isinstance(dnn, DNN):
             raise TypeError(f"`dnn` must be a dnnbrain DNN (wrap a module with DNN(model)), "
                             f"got {type(dnn).__name__}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (not isinstance(batch_size, int) or
+                                       isinstance(batch_size, bool) or batch_size < 1):
             raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
         self.dnn = dnn
         self.batch_size = 32 if batch_size is None else batch_size
@@ -463,10 +465,20 @@ class SaliencyImage:
         return x if fmt is None else x.contiguous(memory_format=fmt)
 
     def _forward(self, x: torch.Tensor) -> None:
+        """The model on ``x`` up to the target; torch's complaints about an input the
+        network cannot take become a ValueError naming `image` (the original as its
+        ``__cause__``), every other error propagates as it is."""
         try:
             self.dnn.model(self._layout(x))
         except _StopForward:
             pass
+        except RuntimeError as err:
+            size = self.dnn.test_transform.size
+            bad = input_shape_error(err, x.shape, self.dnn.name,
+                                    None if size is None else (3,) + tuple(size))
+            if bad is None:
+                raise
+            raise bad from err
 
     @contextlib.contextmanager
     def _hooks(self, to_layer: Optional[str] = None, at_output: Optional[str] = None,

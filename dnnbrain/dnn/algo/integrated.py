@@ -137,10 +137,21 @@ class _PathMethod(SaliencyImage):
     def _set_baseline(self, baseline: Any, blur_sigma: float, seed: int) -> None:
         self._user = None
         if isinstance(baseline, (np.ndarray, torch.Tensor)):
-            user = torch.as_tensor(baseline).detach().to("cpu", torch.float32, copy=True)
+            kind = (baseline.dtype.kind if isinstance(baseline, np.ndarray) else
+                    "c" if baseline.dtype.is_complex else "f")
+            if kind not in "biuf":
+                raise TypeError(f"`baseline` as an array must hold real numbers, got dtype "
+                                f"{baseline.dtype}")
+            user = (torch.from_numpy(np.array(baseline, dtype=np.float32))
+                    if isinstance(baseline, np.ndarray) else
+                    baseline.detach().to("cpu", torch.float32, copy=True))
             if user.ndim not in (3, 4):
                 raise ValueError("`baseline` as an array must be one preprocessed image "
                                  f"(3, H, W) or a batch (N, 3, H, W), got {tuple(user.shape)}")
+            if not bool(torch.isfinite(user).all()):
+                raise ValueError(f"`baseline` must be finite, got "
+                                 f"{int((~torch.isfinite(user)).sum())} NaN or inf values "
+                                 f"of {user.numel()}")
             self._user = user if user.ndim == 4 else user[None]
         elif not isinstance(baseline, str) or baseline not in BASELINES:
             raise ValueError(f"`baseline` must be one of {list(BASELINES)} or an array, "
