@@ -100,33 +100,39 @@ class DNN:
         """Layer names, in forward order."""
         return list(self._table)
 
-    def layer_path(self, layer: str) -> str:
-        """Dotted module path of ``layer`` (a table name or a dotted path)."""
+    def layer_path(self, layer: str, name: str = "layer") -> str:
+        """Dotted module path of ``layer`` (a table name or a dotted path); errors name
+        the parameter ``name`` (``to_layer``, ``cam_layer`` ...)."""
         if not isinstance(layer, str):
-            raise TypeError(f"`layer` must be a str, got {type(layer).__name__}")
+            raise TypeError(f"`{name}` must be a str, got {type(layer).__name__}")
         if layer in self._table:
             return self._table[layer]
         try:
+            if not layer:  # get_submodule('') is the whole model, not a layer
+                raise AttributeError(layer)
             self.model.get_submodule(layer)
         except AttributeError:
-            raise ValueError(f"`layer` must be one of {self.layers} (or a dotted module path"
-                             f" of the model), got {layer!r}") from None
+            raise ValueError(f"`{name}` must be one of {self.layers} (or a dotted module "
+                             f"path of the model), got {layer!r}") from None
         return layer
 
-    def layer2module(self, layer: str) -> nn.Module:
+    def layer2module(self, layer: str, name: str = "layer") -> nn.Module:
         """The ``nn.Module`` behind ``layer`` (a table name or a dotted module path).
 
         Raises
         ------
+        TypeError
+            If ``layer`` is not a str.
         ValueError
-            If ``layer`` is neither; the message lists the table's names.
+            If ``layer`` is neither; the message names the parameter ``name`` and lists
+            the table's names.
         """
-        path = self.layer_path(layer)
+        path = self.layer_path(layer, name)
         try:
             return self.model.get_submodule(path)
         except AttributeError:
-            raise ValueError(f"layer {layer!r} maps to {path!r}, which is not a submodule "
-                             f"of {type(self.model).__name__}") from None
+            raise ValueError(f"`{name}` {layer!r} maps to {path!r}, which is not a "
+                             f"submodule of {type(self.model).__name__}") from None
 
     def after_stem(self, layer: str) -> bool:
         """True when ``layer`` runs after the affine stem by the table's forward order

@@ -97,10 +97,31 @@ def _check_path(path: PathLike, what: str) -> Path:
 
 def _open(path: Path, what: str) -> ImageFile.ImageFile:
     try:
-        return Image.open(path)
+        with _named(path, what):
+            return Image.open(path)
     except UnidentifiedImageError:
         raise ValueError(f"{what} file '{path}' is not an image PIL can read (unknown format "
                          "or damaged header)") from None
+
+
+@contextlib.contextmanager
+def _named(path: object, what: str) -> Iterator[None]:
+    """PIL's errors on damaged or truncated data as a ValueError naming ``path``; an
+    operating-system error (permission, I/O) keeps its type and gets the file name."""
+    try:
+        yield
+    except UnidentifiedImageError:
+        raise
+    except OSError as err:
+        if err.errno is not None:
+            if err.filename is None:
+                raise OSError(err.errno, err.strerror, str(path)) from err
+            raise
+        raise ValueError(f"{what} file '{path}' is truncated or damaged (PIL: {err}); "
+                         "re-save or replace it") from err
+    except _DECODE_ERRORS as err:
+        raise ValueError(f"{what} file '{path}' is truncated or damaged (PIL: "
+                         f"{type(err).__name__}: {err}); re-save or replace it") from err
 
 
 def _orientation(img: Image.Image, what: str, path: object) -> int:
@@ -148,18 +169,8 @@ def _check_pixels(img: Image.Image, path: Path, what: str, limit: int) -> None:
 
 def decode(img: Image.Image, what: str = "image", path: object = None) -> None:
     """``img.load()``, with errors of damaged or truncated data naming ``path``."""
-    try:
+    with _named(path, what):
         img.load()
-    except OSError as err:
-        if err.errno is not None:  # a real OS error (permission, I/O): keep its type
-            if err.filename is None:
-                raise OSError(err.errno, err.strerror, str(path)) from err
-            raise
-        raise ValueError(f"{what} file '{path}' is truncated or damaged (PIL: {err}); "
-                         "re-save or replace it") from err
-    except _DECODE_ERRORS as err:
-        raise ValueError(f"{what} file '{path}' is truncated or damaged (PIL: "
-                         f"{type(err).__name__}: {err}); re-save or replace it") from err
 
 
 def read_image(path: PathLike, max_pixels: Optional[int] = None, exif: bool = True,

@@ -40,11 +40,7 @@ class _CAM(SaliencyImage):
             if not isinstance(cam_layer, str):
                 raise TypeError(f"`cam_layer` must be a str or None, got "
                                 f"{type(cam_layer).__name__}")
-            try:
-                dnn.layer2module(cam_layer)
-            except ValueError:
-                raise ValueError(f"`cam_layer` must be one of {dnn.layers} (or a dotted "
-                                 f"module path of the model), got {cam_layer!r}") from None
+            dnn.layer2module(cam_layer, "cam_layer")
         for name, value in (("relu", relu), ("upsample", upsample)):
             if not isinstance(value, bool):
                 raise TypeError(f"`{name}` must be a bool, got {value!r}")

@@ -263,6 +263,9 @@ class SaliencyImage:
         """
         if to_layer is not None and at_output is not None:
             raise ValueError("give `to_layer` or `at_output`, not both")
+        for name, layer in (("to_layer", to_layer), ("at_output", at_output)):
+            if layer is not None:
+                self.dnn.layer2module(layer, name)
         inner = to_layer is not None or at_output is not None
         tap = inner and not keep_values and not create_graph
         with self._hooks(to_layer, at_output, grad_from_leaf=inner, tap=tap, x=x) as cap, \
@@ -447,9 +450,10 @@ class SaliencyImage:
             return 1
         key = (self.layer,) if x is None else (
             self.layer, tuple(x.shape[1:]), x.dtype, x.device, self._memory_format(x))
-        return self._calls.stop_at(self.call, self.layer, module, key,
-                                   lambda: self.dnn.model(self._layout(x[:1].detach())),
-                                   type(self).__name__)
+        with self._input_errors(x):
+            return self._calls.stop_at(self.call, self.layer, module, key,
+                                       lambda: self.dnn.model(self._layout(x[:1].detach())),
+                                       type(self).__name__)
 
     def _memory_format(self, x: torch.Tensor) -> Optional[torch.memory_format]:
         """``torch.channels_last`` when the passes run ``x`` channels-last (see
@@ -465,13 +469,20 @@ class SaliencyImage:
         return x if fmt is None else x.contiguous(memory_format=fmt)
 
     def _forward(self, x: torch.Tensor) -> None:
-        """The model on ``x`` up to the target; torch's complaints about an input the
-        network cannot take become a ValueError naming `image` (the original as its
-        ``__cause__``), every other error propagates as it is."""
+        """The model on ``x`` up to the target (see :meth:`_input_errors`)."""
+        with self._input_errors(x):
+            try:
+                self.dnn.model(self._layout(x))
+            except _StopForward:
+                pass
+
+    @contextlib.contextmanager
+    def _input_errors(self, x: torch.Tensor) -> Iterator[None]:
+        """Torch's complaints about an input the network cannot take become a ValueError
+        naming `image` (the original as its ``__cause__``); every other error propagates
+        as it is."""
         try:
-            self.dnn.model(self._layout(x))
-        except _StopForward:
-            pass
+            yield
         except RuntimeError as err:
             size = self.dnn.test_transform.size
             bad = input_shape_error(err, x.shape, self.dnn.name,

@@ -1,0 +1,66 @@
+"""Fixtures of the torture tests: the demo network, demo inputs, a small run config and a
+finished run folder (each built once)."""
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from dnnbrain.io.stim import demo_stimulus_file
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_YAML = ROOT / "docs" / "examples" / "demo_run.yaml"
+IMAGES = [str(demo_stimulus_file().parent / f"shape_0{i}.png") for i in range(2)]
+
+
+def small_config() -> dict:
+    """``docs/examples/demo_run.yaml`` cut down to two stimuli, one target and one method,
+    so that a run that should have been refused still finishes in a blink."""
+    cfg = yaml.safe_load(DEMO_YAML.read_text(encoding="utf-8"))
+    cfg.pop("evaluate", None)
+    cfg.update(stimuli=list(IMAGES), targets=[{"layer": "fc2", "units": [1, 2]}],
+               methods=["vanilla"], batch_size=2)
+    cfg["outputs"] = {"dir": "out", "save": ["npy"], "colormap": "inferno"}
+    return cfg
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_imports():
+    """Import what torch imports lazily on first use (the symbolic-shapes module, which
+    adds a warnings filter), so that a case is not blamed for torch's own first call."""
+    import torch.fx.experimental.symbolic_shapes  # noqa: F401
+    from dnnbrain.dnn.algo import get_method, method_names
+    for name in method_names():  # the method modules are imported lazily (skimage ...)
+        get_method(name)
+
+
+@pytest.fixture
+def ctx(shapenet, tmp_path):
+    """What a case works with: the network, a fresh preprocessed batch of two demo images
+    ``x``, the image paths and the case's own folder."""
+    x = shapenet.test_transform.batch(IMAGES)
+    return SimpleNamespace(dnn=shapenet, x=x, images=list(IMAGES), tmp=tmp_path,
+                           config=copy.deepcopy(small_config()))
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A complete ``dnn_saliency_batch`` run folder of :func:`small_config`."""
+    from dnnbrain.batch import run
+    where = tmp_path_factory.mktemp("torture_run")
+    cfg = small_config()
+    cfg["outputs"]["dir"] = str(where / "run")
+    run(cfg, progress=False, workers=0)
+    return where / "run"
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A copy of :func:`finished_run` in the case's folder, to spoil."""
+    dst = tmp_path / "run"
+    shutil.copytree(finished_run, dst)
+    return dst
