@@ -7,6 +7,9 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+#: SmoothGrad's ways of combining the noisy maps (mean, squared, VarGrad).
+SMOOTH_MODES = ("mean", "squared", "vargrad")
+
 
 def no_to_layer(to_layer: Optional[str], method: str) -> None:
     """Raise for a ``to_layer``: maps of ``method`` are not a gradient at a layer's input."""

@@ -23,44 +23,12 @@ from ..models import DNN
 from .calls import Call, CallCounts, check_call
 from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
 from .checks import input_shape_error
+from .forward import StopForward, eval_mode, pass_hooks
+from .passes import smooth_maps
 from .relu import relu_override
 from .target import REDUCE, Unit, check_units, resolve_predicted, select, static_size
 
 log = logging.getLogger(__name__)
-SMOOTH_MODES = ("mean", "squared", "vargrad")
-
-
-class _StopForward(Exception):
-    """Raised by the target layer's hook: nothing after it is computed."""
-
-
-class _Tap(torch.autograd.Function):
-    """``y = x`` in place (same storage, no copy); the backward pass hands the gradient
-    of ``y`` to ``sink`` and gives ``dummy`` (the tensor to differentiate against) a zero.
-    Later in-place layers may overwrite ``y``: only its gradient is kept, not its values."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, dummy: torch.Tensor, sink: list) -> torch.Tensor:  # noqa: D102
-        ctx.sink = sink
-        ctx.mark_dirty(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        ctx.sink.append(grad)
-        return None, torch.zeros((), dtype=grad.dtype, device=grad.device), None
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode, then restore every submodule's own ``training`` flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 class SaliencyImage:
@@ -221,7 +189,6 @@ class SaliencyImage:
         numpy.ndarray
             Same shape as :meth:`backprop`.
         """
-        from .passes import smooth_maps  # passes builds on this module
         return smooth_maps(self, image, n_iter, sigma_multiplier, to_layer, seed, mode,
                            preprocessed)
 
@@ -424,6 +391,12 @@ class SaliencyImage:
             self.check_input(shape)
             self._checked.add(key)
 
+    @property
+    def plain_gradient(self) -> bool:
+        """True when this method's map is the gradient under :attr:`relu_mode` (it does
+        not override :meth:`_attribute`)."""
+        return type(self)._attribute is SaliencyImage._attribute
+
     # ---------------------------------------------------------------- for subclasses
     def _attribute(self, x: torch.Tensor, units: List[Unit],
                    to_layer: Optional[str]) -> torch.Tensor:
@@ -473,7 +446,7 @@ class SaliencyImage:
         with self._input_errors(x):
             try:
                 self.dnn.model(self._layout(x))
-            except _StopForward:
+            except StopForward:
                 pass
 
     @contextlib.contextmanager
@@ -495,63 +468,22 @@ class SaliencyImage:
     def _hooks(self, to_layer: Optional[str] = None, at_output: Optional[str] = None,
                target: Optional[str] = None, grad_from_leaf: bool = False,
                tap: bool = False, x: Optional[torch.Tensor] = None) -> Iterator[dict]:
-        """Hooks for one forward pass: capture ``target``'s output (default: the target
-        layer) at its explained call (:meth:`_stop_call`; ``x``: the pass's input, for the
-        call count) and stop there; capture ``to_layer``'s input or ``at_output``'s output
-        at their most recent call before that as gradient leaves (``tap``: through
-        :class:`_Tap`, without a copy, where the tensor is not a view). Hooks and eval
-        mode last exactly as long as the ``with`` block."""
+        """Eval mode and the hooks of one forward pass
+        (:func:`~dnnbrain.dnn.algo.forward.pass_hooks`): capture ``target``'s output
+        (default: the target layer) at its explained call (:meth:`_stop_call`; ``x``: the
+        pass's input, for the call count) and stop there; capture ``to_layer``'s input or
+        ``at_output``'s output at their most recent call before that as gradient leaves.
+        Both last exactly as long as the ``with`` block."""
         target = target if target is not None else self.layer
         if target is None:
             raise ValueError("no target: call set_layer(layer, unit) first")
-        cap: dict = {"calls": 0}
-
-        def leaf(t: torch.Tensor, key: str) -> torch.Tensor:
-            if grad_from_leaf:
-                torch.set_grad_enabled(True)
-            if tap and t._base is None and not t.requires_grad:
-                cap[key] = torch.zeros((), dtype=t.dtype, device=t.device, requires_grad=True)
-                cap["sink"] = []
-                return _Tap.apply(t, cap[key], cap["sink"])
-            cap.pop("sink", None)  # a later call replaces an earlier tapped leaf
-            cap[key] = t.detach().requires_grad_(True)
-            # the model continues on a copy, so an in-place layer cannot overwrite the leaf
-            return cap[key].clone()
-
-        def grab_input(module, inputs):
-            if "output" in cap:
-                return None
-            return (leaf(inputs[0], "input"),) + tuple(inputs[1:])
-
-        def grab_output(module, inputs, output):
-            if "output" in cap:
-                return None
-            if not isinstance(output, torch.Tensor):
-                raise ValueError(f"`at_output` layer {at_output!r} returns "
-                                 f"{type(output).__name__}, not a tensor")
-            return leaf(output, "act")
-
-        def stop(module, inputs, output):
-            cap["calls"] += 1
-            if cap["calls"] == stop_at:
-                cap["output"] = output
-                raise _StopForward
-
-        handles = []
-        try:
-            with eval_mode(self.dnn.model):
-                stop_at = self._stop_call(self.dnn.layer2module(target), x)
-                if to_layer is not None:
-                    handles.append(self.dnn.layer2module(to_layer)
-                                   .register_forward_pre_hook(grab_input))
-                if at_output is not None:
-                    handles.append(self.dnn.layer2module(at_output)
-                                   .register_forward_hook(grab_output))
-                handles.append(self.dnn.layer2module(target).register_forward_hook(stop))
+        inner = to_layer if to_layer is not None else at_output
+        with eval_mode(self.dnn.model):
+            module = self.dnn.layer2module(target)
+            with pass_hooks(module, self._stop_call(module, x),
+                            None if inner is None else self.dnn.layer2module(inner),
+                            at_output, grad_from_leaf, tap) as cap:
                 yield cap
-        finally:
-            for h in handles:
-                h.remove()
 
     def _prepare(self, image: Any, preprocessed: bool) -> Tuple[torch.Tensor, bool]:
         if self.layer is None:

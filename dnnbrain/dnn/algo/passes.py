@@ -10,14 +10,16 @@
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .checks import check_noise
-from .engine import SMOOTH_MODES, SaliencyImage
+from .checks import SMOOTH_MODES, check_noise
 from .target import Unit, select
+
+if TYPE_CHECKING:  # the engine builds on this module: annotations only
+    from .engine import SaliencyImage
 
 #: ``make(i, k0, k1, out)`` writes inputs ``k0 .. k1 - 1`` of row ``i`` into ``out``.
 MakeRows = Callable[[int, int, int, torch.Tensor], torch.Tensor]
@@ -159,8 +161,7 @@ def smooth_maps(method: SaliencyImage, image: Any, n_iter: int, sigma_multiplier
 
 def _summed(method: SaliencyImage, mode: str, to_layer: Optional[str]) -> bool:
     """SmoothGrad of ``method`` is a :func:`gradient_sums` (mean of plain gradients)."""
-    return mode == "mean" and to_layer is None and \
-        type(method)._attribute is SaliencyImage._attribute
+    return mode == "mean" and to_layer is None and method.plain_gradient
 
 
 def check_smooth_input(method: SaliencyImage, shape: Tuple[int, ...], mode: str,

@@ -7,8 +7,8 @@ import numpy as np
 
 from ..models import DNN
 from .calls import Call
-from .engine import SMOOTH_MODES, SaliencyImage
-from .checks import check_noise
+from .checks import SMOOTH_MODES, check_noise
+from .engine import SaliencyImage
 from .passes import check_smooth_input
 
 
