@@ -14,7 +14,7 @@ from ..dnn.algo.engine import SaliencyImage
 from ..dnn.algo.registry import get_method, method_names
 from ..dnn.algo.target import REDUCE, static_size
 from ..dnn.models import DNN
-from .plan import unit_folder, unit_text
+from .plan import layer_folder, unit_folder, unit_text
 from .schema import (DEFAULTS, OUTPUT_KEYS, SAVE_KINDS, TARGET_KEYS, Problems, is_int, key,
                      mapping, number, plain, str_list, string, type_name)
 
@@ -124,14 +124,18 @@ def targets(p: Problems, value: Any, dnn: Optional[DNN]) -> Optional[List[Dict[s
         if d.get("call") is not None:  # absent: the engine's default (digests unchanged)
             try:
                 out[-1]["call"] = check_call(d["call"])
+                if dnn is not None and layer is not None and input_shape(dnn) is not None:
+                    SaliencyImage(dnn).set_layer(layer, 1, call=out[-1]["call"]) \
+                        .check_input(input_shape(dnn))  # the call exists
             except (TypeError, ValueError) as e:
                 p.add(key(path, "call"), str(e).replace("`call` ", "", 1))
+                out[-1]["layer"] = None  # the methods' checks skip this target
         for j, u in enumerate(units or []):
-            where = (layer, unit_folder(u))
+            where = (layer_folder(layer, out[-1].get("call")), unit_folder(u))
             if layer is not None and where in folders:
                 p.add(key(key(path, "units"), j), f"layer {layer!r} unit {unit_text(u)} is "
                       f"also a unit of {folders[where]}: both would write to "
-                      f"<method>/{layer}/{where[1]}/ (merge the two targets)")
+                      f"<method>/{where[0]}/{where[1]}/ (merge the two targets)")
             folders.setdefault(where, path)
     return out
 

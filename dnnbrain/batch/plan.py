@@ -74,10 +74,17 @@ def map_stem(stim_id: str) -> str:
     return "/".join(parts)
 
 
+def layer_folder(layer: str, call: Any = None) -> str:
+    """Output folder of a target layer: its name, with ``@<call>`` when the target sets
+    which call it explains (``relu@first``, ``relu@2``), so that two targets on the
+    calls of one module never share a folder."""
+    return layer if call is None else f"{layer}@{call}"
+
+
 def map_files(method_label: str, layer: str, unit: Any, stem: str,
-              save: Sequence[str]) -> Dict[str, str]:
+              save: Sequence[str], call: Any = None) -> Dict[str, str]:
     """Relative (posix) paths of one map's files, by kind, in ``save`` order."""
-    folder = f"{method_label}/{layer}/{unit_folder(unit)}/{stem}"
+    folder = f"{method_label}/{layer_folder(layer, call)}/{unit_folder(unit)}/{stem}"
     return {kind: folder + SAVE_KINDS[kind] for kind in save}
 
 

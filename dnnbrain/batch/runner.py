@@ -166,7 +166,7 @@ def _rows(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str],
                    "predicted_class": str(batch.predicted[i]),
                    "network": config["network"]["fingerprint"]}
             row.update(map_files(method["label"], target["layer"], u, map_stem(sid),
-                                 config["outputs"]["save"]))
+                                 config["outputs"]["save"], target.get("call")))
             rows.append(row)
     return rows
 
@@ -175,7 +175,7 @@ def _item_paths(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str]) -
     target, label = config["targets"][item.target], config["methods"][item.method]["label"]
     files = [f for sid in ids[item.start:item.stop] for u in target["units"]
              for f in map_files(label, target["layer"], u, map_stem(sid),
-                                config["outputs"]["save"]).values()]
+                                config["outputs"]["save"], target.get("call")).values()]
     return files + [f".progress/{item.key}.json"]
 
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..dnn.algo.calls import Call
 from ..dnn.algo.registry import make_method
 from ..dnn.models import DNN
 from ..metrics import (PerturbationCurves, average_saliency_focus, deletion_insertion,
@@ -65,7 +66,8 @@ def magnitudes(maps: Sequence[np.ndarray], size: Tuple[int, int], what: str) -> 
 
 
 def faithfulness(dnn: DNN, layer: str, reduce: str, units: List[Any], x: torch.Tensor,
-                 mag: np.ndarray, opts: Options) -> Dict[str, PerturbationCurves]:
+                 mag: np.ndarray, opts: Options, call: Call = None
+                 ) -> Dict[str, PerturbationCurves]:
     """ROAD MoRF/LeRF and deletion/insertion curves of a batch of maps.
 
     Parameters
@@ -82,13 +84,15 @@ def faithfulness(dnn: DNN, layer: str, reduce: str, units: List[Any], x: torch.T
         ``(N, H, W)`` map magnitudes.
     opts : Options
         Which families, percentages, steps, noise, seed, batch size.
+    call : None, 'first', 'last' or int
+        The target's explained call (the run's ``targets[].call``).
 
     Returns
     -------
     dict of str to PerturbationCurves
         ``'road_morf'``, ``'road_lerf'``, ``'deletion'``, ``'insertion'`` (those asked for).
     """
-    score = make_method(dnn, "vanilla", layer, units[0], reduce, opts.batch_size)
+    score = make_method(dnn, "vanilla", layer, units[0], reduce, opts.batch_size, call=call)
     out: Dict[str, PerturbationCurves] = {}
     if "road" in opts.metrics:
         for order in ("morf", "lerf"):
@@ -121,12 +125,14 @@ def curve_record(curves: Mapping[str, PerturbationCurves], k: int) -> Dict[str, 
 
 
 def randomisation(dnn: DNN, method: Mapping[str, Any], layer: str, reduce: str,
-                  x: torch.Tensor, units: List[Any], opts: Options) -> Dict[str, Any]:
+                  x: torch.Tensor, units: List[Any], opts: Options, call: Call = None
+                  ) -> Dict[str, Any]:
     """Cascading model randomisation (Adebayo et al., 2018) of one method and target.
 
     The maps are recomputed with the method's parameters from the run config, on a copy
     of the network whose layers (every parametrised layer up to ``layer``, top down) are
-    re-initialised one after the other (:func:`~dnnbrain.metrics.model_randomisation`).
+    re-initialised one after the other (:func:`~dnnbrain.metrics.model_randomisation`),
+    at the target's explained ``call``.
 
     Returns
     -------
@@ -140,7 +146,7 @@ def randomisation(dnn: DNN, method: Mapping[str, Any], layer: str, reduce: str,
     params = {k: v for k, v in method.items() if k not in ("name", "label", "seed")}
     steps = model_randomisation(dnn, method["name"], x, layer, list(units), seed=opts.seed,
                                 preprocessed=True, reduce=reduce,
-                                batch_size=opts.batch_size, **params)
+                                batch_size=opts.batch_size, call=call, **params)
 
     def num(v: float) -> Optional[float]:
         return float(v) if np.isfinite(v) else None

@@ -131,7 +131,7 @@ def _per_map(run: Run, dnn: Any, groups: Dict[Key, List[int]], records: List[Dic
                         mag = compute.magnitudes(maps, tuple(xi.shape[2:]),
                                                  f"{label} on targets[{t}]")
                         curves = compute.faithfulness(dnn, row0["layer"], row0["reduce"],
-                                                      units, xi, mag, opts)
+                                                      units, xi, mag, opts, _call(run, t))
                         for k, r in enumerate(sel):
                             records[r].update(compute.curve_record(curves, k))
                         xs.update({k: c.x.tolist() for k, c in curves.items()})
@@ -144,6 +144,12 @@ def _per_map(run: Run, dnn: Any, groups: Dict[Key, List[int]], records: List[Dic
                     "for their maps: %s%s", len(names), names[:5],
                     " ..." if len(names) > 5 else "")
     return xs
+
+
+def _call(run: Run, t: int) -> Any:
+    """The explained call of the run's ``targets[t]`` (None: the engine's default)."""
+    targets = run.config.get("targets", [])
+    return targets[t].get("call") if t < len(targets) else None
 
 
 def _randomisation(run: Run, dnn: Any, groups: Dict[Key, List[int]], opts: Options,
@@ -172,7 +178,7 @@ def _randomisation(run: Run, dnn: Any, groups: Dict[Key, List[int]], opts: Optio
             idx.append(i)
         row0 = run.rows[rows[0]]
         res = compute.randomisation(dnn, methods[label], row0["layer"], row0["reduce"],
-                                    network_input(dnn, run, idx), units, opts)
+                                    network_input(dnn, run, idx), units, opts, _call(run, t))
         res["stimuli"] = [sid for sid, _ in chosen]
         res["units"] = [list(u) if isinstance(u, tuple) else u for u in units]
         out[t, label] = res

@@ -345,7 +345,8 @@ class SaliencyImage:
 
     def check_input(self, shape: Tuple[int, ...]) -> None:
         """Check, before any work, that this method can run at its target on inputs of
-        ``shape``: what needs the input size or the network's structure (a
+        ``shape``: what needs the input size or the network's structure (an input the
+        network cannot take, a ``call`` of the target that does not exist, a
         ``memory_budget`` too small for one row; per method a ``cam_layer`` after the
         target, an occlusion ``window`` larger than the image ...). Types and ranges are
         checked by the constructor already. The passes run it themselves (once per shape
@@ -367,8 +368,12 @@ class SaliencyImage:
                              f"{shape!r}")
         if self.layer is None:
             raise ValueError("no target: call set_layer(layer, unit) first")
+        x = self._probe(shape)
+        with self._hooks(x=x) as cap, torch.no_grad():  # the network takes the shape and
+            self._forward(x)                            # the explained call exists
+            self._target_output(cap)
         if not self.shares_units:  # as _run: perturbation methods keep batch_size
-            self._check_budget(self._probe(shape))
+            self._check_budget(x)
 
     def _probe(self, shape: Tuple[int, ...]) -> torch.Tensor:
         """One blank input row ``(1, *shape)`` on the device, as the passes get it."""
