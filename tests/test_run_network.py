@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from dnnbrain.batch import run
+from dnnbrain.batch import merge, run
 from dnnbrain.batch.store import read_manifest
 from dnnbrain.cli.saliency import main as saliency_main
 
@@ -183,6 +183,8 @@ def test_one_run_per_folder_while_shards_share_it(cfg_file, tmp_path):
         with pytest.raises(FileExistsError, match="another run"):
             run(cfg_file, out=out, shard="1/2", progress=False)
         assert run(cfg_file, out=out, dry_run=True).dry_run  # a dry run takes no lock
+        with pytest.raises(FileExistsError, match="another run"):
+            merge(cfg_file, out=out)  # nor does a merge by hand merge under it
     finally:
         os.close(exclusive)
     done = run(cfg_file, out=out, shard="0/2", progress=False)

@@ -3,7 +3,9 @@
 A run that is not sharded holds an exclusive lock on ``OUT/.lock``; shard ``k`` of ``n``
 holds a shared lock on it plus an exclusive lock on ``OUT/.lock.shard<k>of<n>`` (removed
 when the shard ends), so shards of one run compute side by side while a second run, or a
-second copy of the same shard, is refused at once. The merge lock
+second copy of the same shard, is refused at once. ``-merge`` holds a shared lock on
+``OUT/.lock`` too (:func:`merge_lock`), so it never merges while an unsharded run
+rewrites the folder. The merge lock
 (:mod:`dnnbrain.batch.merge`) is a ``flock`` on the folder itself, another file: the two
 never wait on each other. Where ``fcntl`` is missing (Windows) runs are not locked (a
 warning says so).
@@ -91,3 +93,23 @@ def run_lock(out: Path, shard: Optional[Tuple[int, int]]) -> Iterator[None]:
             own.unlink(missing_ok=True)  # still locked: a newcomer locks a new file
         for fd in reversed(fds):
             os.close(fd)
+
+
+@contextlib.contextmanager
+def merge_lock(out: Path) -> Iterator[None]:
+    """A shared lock on the run folder ``out`` (it must exist) while its manifest parts are
+    merged by hand: shards may still run, an unsharded run may not.
+
+    Raises
+    ------
+    RunLockedError
+        At once, when an unsharded run holds the folder.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = _lock(out / LOCK_NAME, fcntl.LOCK_SH, "not sharded", out)
+    try:
+        yield
+    finally:
+        os.close(fd)

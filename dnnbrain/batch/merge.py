@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 
 from .config import Prepared, prepare
 from .gallery import INDEX_NAME, write_index
+from .lock import merge_lock
 from .plan import WorkItem, make_plan, unit_text
 from .store import (MANIFEST_NAME, check_output_dir, clean_temps, find_parts, read_manifest,
                     read_marker, write_manifest)
@@ -148,9 +149,10 @@ def merge(config: ConfigLike, out: Optional[Union[str, os.PathLike]] = None,
         raise ValueError(f"no manifest parts (manifest.part<k>of<n>.csv) in '{outdir}'")
     plan = make_plan(prep.config, len(prep.stim))
     errors = []
-    for n in sorted(groups, key=lambda n: (len(groups[n]) < n, -n)):
-        try:
-            return merge_parts(prep, plan, n, strict=True)
-        except ValueError as err:
-            errors.append(str(err))
+    with merge_lock(outdir):
+        for n in sorted(groups, key=lambda n: (len(groups[n]) < n, -n)):
+            try:
+                return merge_parts(prep, plan, n, strict=True)
+            except ValueError as err:
+                errors.append(str(err))
     raise ValueError("; ".join(errors))
