@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from dnnbrain.batch import load_config, run
-from dnnbrain.batch.config import runtime_device
+from dnnbrain.batch.build import runtime_device
 from dnnbrain.batch.plan import make_plan, map_stem, parse_shard, shard_items, unit_folder
 
 

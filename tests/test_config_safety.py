@@ -124,7 +124,7 @@ def test_user_module_and_file_not_imported_without_opt_in(base, tmp_path, monkey
         cfg = load_config(f, allow_code=True)
         assert cfg["model"]["factory"] == f"{tmp_path / 'evil.py'}:build"
         assert (tmp_path / "IMPORTED").exists()
-        from dnnbrain.batch.config import build_model
+        from dnnbrain.batch.build import build_model
         with pytest.raises(ValueError, match="allow_code"):  # a resolved config: same rule
             build_model(cfg["model"])
         assert isinstance(build_model(cfg["model"], allow_code=True).model, torch.nn.Module)

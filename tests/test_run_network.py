@@ -101,10 +101,10 @@ def test_changed_network_is_refused_naming_both_fingerprints(ref, cfg_file, tmp_
     out = tmp_path / "out"
     run(cfg_file, out=out, progress=False)
     old = yaml.safe_load((out / "config.resolved.yaml").read_text())["network"]["fingerprint"]
-    from dnnbrain.batch import config as config_mod
+    from dnnbrain.batch import build as build_mod
     from dnnbrain.dnn.fingerprint import seeded
     # the same config now builds another network (as after a change of torch's init)
-    monkeypatch.setattr(config_mod, "seeded", lambda seed: seeded(seed + 1))
+    monkeypatch.setattr(build_mod, "seeded", lambda seed: seeded(seed + 1))
     with pytest.raises(FileExistsError) as err:
         run(cfg_file, out=out, progress=False)
     msg = str(err.value)

@@ -23,7 +23,8 @@ from ..dnn.algo.calls import call_index
 from ..dnn.algo.engine import eval_mode
 from ..dnn.algo.registry import make_method
 from ..dnn.algo.target import predicted_units, select
-from .config import Prepared, prepare, runtime_device
+from .build import runtime_device
+from .config import Prepared, prepare
 from .gallery import write_index
 from .merge import merge_parts
 from .plan import (Shard, WorkItem, make_plan, map_files, map_stem, parse_shard, shard_items,

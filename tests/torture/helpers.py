@@ -253,7 +253,7 @@ def call_cli(main: Callable[[List[str]], int], argv: List[str], capsys) -> Tuple
         rc = main([str(a) for a in argv])
     except SystemExit as stop:
         rc = stop.code
-    except Exception as err:  # an escaped error: what a console user would see
+    except Exception:  # an escaped error: what a console user would see
         import traceback
         rc, tb = 1, traceback.format_exc()
         return rc, capsys.readouterr().err + tb

@@ -30,7 +30,7 @@ Only the ReLU family is swapped: ``relu6``, ``hardtanh``, ``leaky_relu``, ``thre
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Optional, Type
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
