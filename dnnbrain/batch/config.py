@@ -296,7 +296,9 @@ def _model(p: Problems, value: Any, base: Path,
         if not ours and "factory" not in res:
             raise
         text = " ".join(str(err).split())  # one line
-        p.add("model.factory" if "factory" in res else "model", "cannot build the network: "
+        where = ("model.factory" if "factory" in res else
+                 "model.weights" if res.get("weights") else "model")
+        p.add(where, "cannot build the network: "
               + (text if ours else f"{type(err).__name__}: {text}"))
     return res, None
 

@@ -296,9 +296,13 @@ def state_dict_mismatch(model: nn.Module, state: Mapping[str, object],
         more = f"; ... and {len(items) - show} more" if len(items) > show else ""
         return "; ".join(items[:show]) + more
 
-    shapes = [f"{k!r} is {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the "
-              f"model" for k, v in state.items()
-              if k in expected and tuple(getattr(v, "shape", ())) != tuple(expected[k].shape)]
+    def held(v: object) -> str:
+        return (str(tuple(v.shape)) if isinstance(v, torch.Tensor) else
+                f"a {type(v).__name__}, not a tensor,")
+
+    shapes = [f"{k!r} is {held(v)} in the file, {tuple(expected[k].shape)} in the model"
+              for k, v in state.items() if k in expected and not (
+                  isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(expected[k].shape))]
     missing = [repr(k) for k in expected if k not in state]
     extra = [repr(k) for k in state if k not in expected]
     parts = []
@@ -344,7 +348,11 @@ def build_network(name: str, pretrained: bool = True, weights: Optional[PathLike
         In eval mode, on ``device``.
     """
     spec = zoo.get_spec(name)
-    model = _build_module(spec)
+    if pretrained or weights is not None:  # the random init is overwritten: keep the RNG
+        with torch.random.fork_rng(devices=[]):
+            model = _build_module(spec)
+    else:
+        model = _build_module(spec)
     if pretrained or weights is not None:
         state, where = _find_state_dict(spec, weights, "cpu", download)
         problem = state_dict_mismatch(model, state)
