@@ -251,7 +251,9 @@ def _model(p: Problems, value: Any, base: Path,
         weights = string(p, "model.weights", d.get("weights", dflt["weights"]), allow_none=True)
         res["weights"] = None if weights is None else str((base / weights).absolute())
         if weights is not None and not Path(res["weights"]).is_file():
-            p.add("model.weights", f"file not found: '{res['weights']}'")
+            what = ("is a folder, not a weights file" if Path(res["weights"]).is_dir() else
+                    "file not found")
+            p.add("model.weights", f"{what}: '{res['weights']}'")
         res["pretrained"] = boolean(p, "model.pretrained",
                                     d.get("pretrained", dflt["pretrained"]))
     else:
