@@ -345,6 +345,15 @@ def _stimuli(p: Problems, value: Any, base: Path) -> Tuple[Any, Optional[Stimulu
         p.add("stimuli", f"must be {what}, got {type_name(value)} {value!r}")
         return None, None
     if stim is not None:
+        bad = _unreadable(stim)
+        if bad and isinstance(resolved, list):
+            for i, msg in bad:
+                p.add(key("stimuli", i), msg)
+        elif bad:
+            more = f" (and {len(bad) - 1} more unreadable image file(s))" if len(bad) > 1 else ""
+            p.add("stimuli", bad[0][1] + more)
+        stim = None if bad else stim
+    if stim is not None:
         stems = [map_stem(s) for s in stim.ids]
         dups = sorted({s for s in stems if stems.count(s) > 1})
         if dups:
@@ -352,6 +361,20 @@ def _stimuli(p: Problems, value: Any, base: Path) -> Tuple[Any, Optional[Stimulu
                              f"ending); these repeat: {dups[:10]}")
             stim = None
     return resolved, stim
+
+
+def _unreadable(stim: Stimulus) -> List[Tuple[int, str]]:
+    """``(index, message)`` of each stimulus whose image header cannot be read (not an
+    image, empty, a folder, over the pixel limit): checked before any work, from the
+    headers only (damaged pixel data past the header still fails during the run)."""
+    from ..io.images import image_size
+    bad = []
+    for i, path in enumerate(stim.paths):
+        try:
+            image_size(path)
+        except (ValueError, OSError) as err:
+            bad.append((i, " ".join(str(err).split())))
+    return bad
 
 
 def _one_stimulus_source(p: Problems, target: str, what: str) -> Optional[Stimulus]:

@@ -142,6 +142,23 @@ def wcase(id, data, names=("w.pth",), exc=(ValueError,), name="w.pth"):
                 write(name, data))
 
 
+def mention(*names):
+    """``Case.extra`` of a config case: file names the report line must also contain."""
+    return {"mentions": names}
+
+
+def _run_with_stimuli(stimuli):
+    def call(c):
+        from dnnbrain.batch import run
+
+        from .conftest import small_config
+        cfg = small_config()
+        cfg["outputs"]["dir"] = str(c.tmp / "out")
+        cfg["stimuli"] = stimuli(c)
+        return run(cfg, progress=False, workers=0)
+    return call
+
+
 def _run_with_weights(c):
     from dnnbrain.batch import run
 
@@ -211,6 +228,31 @@ CASES = [
          setup=write("x.png/", None)),
     Case("backprop-list-one-bad", lambda c: make_method(c.dnn, "vanilla", "fc2", 1).backprop(
         [c.images[0], str(c.tmp / "t.png")]), ("t.png",), setup=write("t.png", png_truncated)),
+    Case("backprop-float-tiff>1", backprop("f.tif"), ("f.tif",),
+         setup=lambda c: Image.fromarray(np.full((64, 64), 5.0, np.float32)).save(
+             c.tmp / "f.tif")),
+    Case("backprop-float-tiff-nan", backprop("f.tif"), ("f.tif",),
+         setup=lambda c: Image.fromarray(np.full((64, 64), np.nan, np.float32)).save(
+             c.tmp / "f.tif")),
+    Case("stim-mask-missing", lambda c: Stimulus.read(c.tmp / "m.stim.csv").mask(0),
+         ("absent_mask.png",), exc=NOT_FOUND,
+         setup=both(write("a.png", png_bytes((16, 16))),
+                    write("m.stim.csv", "type=image\npath=.\ndata=stimID,mask\n"
+                                        "a.png,absent_mask.png\n"))),
+    Case("config-stimuli-folder-without-images",
+         _run_with_stimuli(lambda c: str(c.tmp / "imgs")), ("stimuli",), setup=write("imgs/notes.txt", "no images")),
+    Case("config-stimuli-header-truncated", _run_with_stimuli(
+        lambda c: [c.images[0], str(c.tmp / "h.png")]), ("stimuli[1]",), extra=mention("h.png"),
+        setup=write("h.png", lambda c: png_bytes()[:20])),
+    Case("config-stimuli-csv-lists-0-byte-png", _run_with_stimuli(
+        lambda c: str(c.tmp / "s.stim.csv")), ("stimuli",), extra=mention("zero.png"),
+        setup=both(write("zero.png", b""), write("s.stim.csv", HEAD + "zero.png,1\n"))),
+    Case("config-stimuli-text-as-png", _run_with_stimuli(
+        lambda c: [c.images[0], str(c.tmp / "text.png")]), ("stimuli[1]",), extra=mention("text.png"),
+        setup=write("text.png", "not a picture")),
+    Case("config-stimuli-bomb", _run_with_stimuli(
+        lambda c: [c.images[0], str(c.tmp / "bomb.png")]), ("stimuli[1]",), extra=mention("bomb.png"),
+        setup=write("bomb.png", bomb_png()), max_s=2.0),
     # weights files
     wcase("weights-missing", None, exc=NOT_FOUND),
     wcase("weights-empty", b"", names=("w.pth", "empty")),
@@ -255,6 +297,8 @@ def test_file_refused(case, ctx):
     guard.problems += exception_problems(err, case.exc, result)
     if err is not None and not guard.problems:
         guard.problems += message_problems(str(err), case.names)
+        guard.problems += [f"message does not mention {m!r}: {str(err)[:300]!r}"
+                           for m in case.extra.get("mentions", ()) if m not in str(err)]
     if marker(ctx).exists():
         guard.problems.append("the marker file was created: code in a file ran")
     guard.check(case.max_s)
