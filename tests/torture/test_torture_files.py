@@ -240,19 +240,20 @@ CASES = [
                     write("m.stim.csv", "type=image\npath=.\ndata=stimID,mask\n"
                                         "a.png,absent_mask.png\n"))),
     Case("config-stimuli-folder-without-images",
-         _run_with_stimuli(lambda c: str(c.tmp / "imgs")), ("stimuli",), setup=write("imgs/notes.txt", "no images")),
+         _run_with_stimuli(lambda c: str(c.tmp / "imgs")), ("stimuli",),
+         setup=write("imgs/notes.txt", "no images")),
     Case("config-stimuli-header-truncated", _run_with_stimuli(
-        lambda c: [c.images[0], str(c.tmp / "h.png")]), ("stimuli[1]",), extra=mention("h.png"),
-        setup=write("h.png", lambda c: png_bytes()[:20])),
+        lambda c: [c.images[0], str(c.tmp / "h.png")]), ("stimuli[1]",),
+        extra=mention("h.png"), setup=write("h.png", lambda c: png_bytes()[:20])),
     Case("config-stimuli-csv-lists-0-byte-png", _run_with_stimuli(
         lambda c: str(c.tmp / "s.stim.csv")), ("stimuli",), extra=mention("zero.png"),
         setup=both(write("zero.png", b""), write("s.stim.csv", HEAD + "zero.png,1\n"))),
     Case("config-stimuli-text-as-png", _run_with_stimuli(
-        lambda c: [c.images[0], str(c.tmp / "text.png")]), ("stimuli[1]",), extra=mention("text.png"),
-        setup=write("text.png", "not a picture")),
+        lambda c: [c.images[0], str(c.tmp / "text.png")]), ("stimuli[1]",),
+        extra=mention("text.png"), setup=write("text.png", "not a picture")),
     Case("config-stimuli-bomb", _run_with_stimuli(
-        lambda c: [c.images[0], str(c.tmp / "bomb.png")]), ("stimuli[1]",), extra=mention("bomb.png"),
-        setup=write("bomb.png", bomb_png()), max_s=2.0),
+        lambda c: [c.images[0], str(c.tmp / "bomb.png")]), ("stimuli[1]",),
+        extra=mention("bomb.png"), setup=write("bomb.png", bomb_png()), max_s=2.0),
     # weights files
     wcase("weights-missing", None, exc=NOT_FOUND),
     wcase("weights-empty", b"", names=("w.pth", "empty")),
