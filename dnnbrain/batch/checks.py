@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -9,7 +10,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import matplotlib
 import torch
 
-from ..dnn.algo.calls import check_call
+from ..dnn.algo.calls import call_index, check_call, count_calls
 from ..dnn.algo.engine import SaliencyImage
 from ..dnn.algo.registry import get_method, method_names
 from ..dnn.algo.target import REDUCE, static_size
@@ -39,6 +40,28 @@ def layer_shape(dnn: DNN, layer: str) -> Optional[Tuple[int, ...]]:
     except (ValueError, TypeError, RuntimeError):
         return None
     return tuple(out.shape[1:]) if isinstance(out, torch.Tensor) and out.ndim >= 2 else None
+
+
+def _call_exists(p: Problems, path: str, call: Any, dnn: Optional[DNN],
+                 layer: Optional[str]) -> bool:
+    """An int ``call`` must name a call the layer makes in one forward pass of a blank
+    input of the network's size (counted without gradients; skipped when unknown).
+    False after a problem."""
+    size = None if dnn is None else input_shape(dnn)
+    if not isinstance(call, int) or layer is None or size is None:
+        return True
+    x = torch.zeros((1,) + size, device=dnn.device)
+    try:
+        n = count_calls(dnn.layer2module(layer), lambda: dnn(x))
+    except Exception:  # noqa: BLE001 - not countable here: the run checks it again
+        return True
+    try:
+        call_index(call, n, layer)
+    except ValueError as e:
+        p.add(path, str(e).replace("`call` ", "", 1) + f"; use 'first', 'last' or 1..{n} "
+                    "(-1 is the last call)")
+        return False
+    return True
 
 
 def _unit(p: Problems, path: str, u: Any, n: int, hw: Optional[Tuple[int, int]],
@@ -124,11 +147,10 @@ def targets(p: Problems, value: Any, dnn: Optional[DNN]) -> Optional[List[Dict[s
         if d.get("call") is not None:  # absent: the engine's default (digests unchanged)
             try:
                 out[-1]["call"] = check_call(d["call"])
-                if dnn is not None and layer is not None and input_shape(dnn) is not None:
-                    SaliencyImage(dnn).set_layer(layer, 1, call=out[-1]["call"]) \
-                        .check_input(input_shape(dnn))  # the call exists
             except (TypeError, ValueError) as e:
                 p.add(key(path, "call"), str(e).replace("`call` ", "", 1))
+            if "call" not in out[-1] or not _call_exists(p, key(path, "call"),
+                                                          out[-1]["call"], dnn, layer):
                 out[-1]["layer"] = None  # the methods' checks skip this target
         for j, u in enumerate(units or []):
             where = (layer_folder(layer, out[-1].get("call")), unit_folder(u))
@@ -274,6 +296,10 @@ def outputs(p: Problems, value: Any, base: Path, out: Any = None) -> Optional[Di
         res["dir"] = str(Path(out).absolute())
     elif folder is not None:
         res["dir"] = str((base / folder).absolute())
+    if res.get("dir") is not None and os.path.exists(res["dir"]) and not os.path.isdir(
+            res["dir"]):
+        p.add("outputs.dir", f"must be a folder (new or existing), got the file "
+                             f"'{res['dir']}'")
     res["save"] = str_list(p, "outputs.save", d.get("save", dflt["save"]), list(SAVE_KINDS))
     cmap = d.get("colormap", dflt["colormap"])
     if not isinstance(cmap, str) or cmap not in matplotlib.colormaps:

@@ -203,7 +203,9 @@ def _model(p: Problems, value: Any, base: Path,
         weights = string(p, "model.weights", d.get("weights", dflt["weights"]), allow_none=True)
         res["weights"] = None if weights is None else str((base / weights).absolute())
         if weights is not None and not Path(res["weights"]).is_file():
-            p.add("model.weights", f"file not found: '{res['weights']}'")
+            what = ("is a folder, not a weights file" if Path(res["weights"]).is_dir() else
+                    "file not found")
+            p.add("model.weights", f"{what}: '{res['weights']}'")
         res["pretrained"] = boolean(p, "model.pretrained",
                                     d.get("pretrained", dflt["pretrained"]))
     else:
@@ -248,7 +250,9 @@ def _model(p: Problems, value: Any, base: Path,
         if not ours and "factory" not in res:
             raise
         text = " ".join(str(err).split())  # one line
-        p.add("model.factory" if "factory" in res else "model", "cannot build the network: "
+        where = ("model.factory" if "factory" in res else
+                 "model.weights" if res.get("weights") else "model")
+        p.add(where, "cannot build the network: "
               + (text if ours else f"{type(err).__name__}: {text}"))
     return res, None
 
@@ -293,6 +297,15 @@ def _stimuli(p: Problems, value: Any, base: Path) -> Tuple[Any, Optional[Stimulu
         p.add("stimuli", f"must be {what}, got {type_name(value)} {value!r}")
         return None, None
     if stim is not None:
+        bad = _unreadable(stim)
+        if bad and isinstance(resolved, list):
+            for i, msg in bad:
+                p.add(key("stimuli", i), msg)
+        elif bad:
+            more = f" (and {len(bad) - 1} more unreadable image file(s))" if len(bad) > 1 else ""
+            p.add("stimuli", bad[0][1] + more)
+        stim = None if bad else stim
+    if stim is not None:
         stems = [map_stem(s) for s in stim.ids]
         dups = sorted({s for s in stems if stems.count(s) > 1})
         if dups:
@@ -300,6 +313,20 @@ def _stimuli(p: Problems, value: Any, base: Path) -> Tuple[Any, Optional[Stimulu
                              f"ending); these repeat: {dups[:10]}")
             stim = None
     return resolved, stim
+
+
+def _unreadable(stim: Stimulus) -> List[Tuple[int, str]]:
+    """``(index, message)`` of each stimulus whose image header cannot be read (not an
+    image, empty, a folder, over the pixel limit): checked before any work, from the
+    headers only (damaged pixel data past the header still fails during the run)."""
+    from ..io.images import image_size
+    bad = []
+    for i, path in enumerate(stim.paths):
+        try:
+            image_size(path)
+        except (ValueError, OSError) as err:
+            bad.append((i, " ".join(str(err).split())))
+    return bad
 
 
 def _one_stimulus_source(p: Problems, target: str, what: str) -> Optional[Stimulus]:

@@ -135,7 +135,12 @@ def load_image(image: ImageLike, max_pixels: Optional[int] = None) -> torch.Tens
         bad pixel values; an unsupported type or dtype.
     """
     if isinstance(image, (str, os.PathLike)):
-        return load_image(read_image(image, max_pixels))
+        img = read_image(image, max_pixels)
+        try:
+            return load_image(img)
+        except ValueError as err:  # bad pixel values: name the file they came from
+            msg = str(err).replace("`image` in", "in", 1)
+            raise ValueError(f"image file '{image}': {msg}") from None
     if isinstance(image, ImageFile.ImageFile):  # straight from Image.open: decode, turn
         decode(image, path=image.filename)
         image = upright(image, path=image.filename)

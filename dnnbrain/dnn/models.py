@@ -207,7 +207,16 @@ def _load_reason(err: Exception) -> str:
     when it gives one."""
     text = str(err)
     found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
-    reason = found.group(1) if found else (text.strip().splitlines() or [""])[0]
+    if found:
+        reason = found.group(1)
+    else:  # torch's "Weights only load failed ... re-run with weights_only=False" preamble
+        # and documentation pointer are advice to run the file's code: keep the reason only
+        paras = [q.strip() for q in re.split(r"\n\s*\n", text) if q.strip()]
+        kept = [q for q in paras if not q.startswith(("Weights only load failed",
+                                                       "Check the documentation"))]
+        reason = (kept or paras or [""])[0]
+    if not reason.strip():
+        reason = "the file ends too early (empty or truncated)"
     return " ".join(f"{type(err).__name__}: {reason}".split())
 
 
@@ -237,6 +246,8 @@ def _find_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike],
     """:func:`load_state_dict` and where the state dict came from (a path, or
     torchvision's download)."""
     places = _candidates(spec, weights)
+    if weights is not None and places[0].is_dir():
+        raise ValueError(f"`weights` must be a weights file, got the folder {str(places[0])!r}")
     if weights is not None and not places[0].is_file():
         raise FileNotFoundError(f"`weights` file not found: {str(places[0])!r}")
     for path in places:
@@ -296,9 +307,13 @@ def state_dict_mismatch(model: nn.Module, state: Mapping[str, object],
         more = f"; ... and {len(items) - show} more" if len(items) > show else ""
         return "; ".join(items[:show]) + more
 
-    shapes = [f"{k!r} is {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the "
-              f"model" for k, v in state.items()
-              if k in expected and tuple(getattr(v, "shape", ())) != tuple(expected[k].shape)]
+    def held(v: object) -> str:
+        return (str(tuple(v.shape)) if isinstance(v, torch.Tensor) else
+                f"a {type(v).__name__}, not a tensor,")
+
+    shapes = [f"{k!r} is {held(v)} in the file, {tuple(expected[k].shape)} in the model"
+              for k, v in state.items() if k in expected and not (
+                  isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(expected[k].shape))]
     missing = [repr(k) for k in expected if k not in state]
     extra = [repr(k) for k in state if k not in expected]
     parts = []
@@ -344,7 +359,11 @@ def build_network(name: str, pretrained: bool = True, weights: Optional[PathLike
         In eval mode, on ``device``.
     """
     spec = zoo.get_spec(name)
-    model = _build_module(spec)
+    if pretrained or weights is not None:  # the random init is overwritten: keep the RNG
+        with torch.random.fork_rng(devices=[]):
+            model = _build_module(spec)
+    else:
+        model = _build_module(spec)
     if pretrained or weights is not None:
         state, where = _find_state_dict(spec, weights, "cpu", download)
         problem = state_dict_mismatch(model, state)

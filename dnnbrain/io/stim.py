@@ -209,6 +209,9 @@ class Stimulus:
         if malformed: ``"a.stim.csv line 5: expected 5 values (stimID,label), got 3"``.
         """
         fname = Path(fname)
+        if fname.is_dir():
+            raise ValueError(f"stimulus file '{fname}' is a folder, not a .stim.csv file (a "
+                             "folder of images is a Stimulus.from_folder)")
         if not fname.is_file():
             raise FileNotFoundError(f"stimulus file not found: '{fname}'")
         try:

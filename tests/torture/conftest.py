@@ -31,8 +31,10 @@ def small_config() -> dict:
 @pytest.fixture(scope="session", autouse=True)
 def _warm_imports():
     """Import what torch imports lazily on first use (the symbolic-shapes module, which
-    adds a warnings filter), so that a case is not blamed for torch's own first call."""
+    adds a warnings filter; torchvision.models, which sets an environment variable), so
+    that a case is not blamed for torch's own first call."""
     import torch.fx.experimental.symbolic_shapes  # noqa: F401
+    import torchvision.models  # noqa: F401 - sets $TORCHINDUCTOR_CACHE_DIR on import
     from dnnbrain.dnn.algo import get_method, method_names
     for name in method_names():  # the method modules are imported lazily (skimage ...)
         get_method(name)
