@@ -1,0 +1,361 @@
+"""Torture: bad input to the three command-line programs (``dnn_saliency``,
+``dnn_saliency_batch``, ``dnn_saliency_eval``), called in-process as ``main([...])`` on the
+demo network and two demo images. Each refusal exits 2 with one ``prog: error:`` line
+naming the option or file, writes nothing and changes no global state."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dnnbrain.cli import saliency, saliency_batch, saliency_eval
+
+from .conftest import IMAGES
+from .helpers import (MARKER, Case, alias_bomb, bomb_png, call_cli, cli_problems, enospc,
+                      guarded, params, refuse_writes)
+
+MAINS = {saliency.PROG: saliency.main, saliency_batch.PROG: saliency_batch.main,
+         saliency_eval.PROG: saliency_eval.main}
+CUDA = "CUDA is available" if torch.cuda.is_available() else None
+
+
+def erofs(path=None) -> OSError:
+    return OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+
+# ------------------------------------------------------------------------ dnn_saliency
+
+def sal_argv(c, drop=(), **over):
+    """The valid base call on ``c``, with options replaced (``over``: option name without
+    the dash, underscores for dashes; a list for several values, None to leave out)."""
+    opts = {"net": "ShapeNet", "layer": "fc2", "chn": ["1"], "stim": list(c.images),
+            "meth": "vanilla", "out": str(c.tmp / "out")}
+    opts.update(over)
+    argv = []
+    for key, val in opts.items():
+        if key in drop or val is None:
+            continue
+        flag = "-" + key.replace("_", "-")
+        if val is True:
+            argv.append(flag)
+        else:
+            argv += [flag, *([val] if isinstance(val, (str, int, float)) else val)]
+    return argv
+
+
+def S(id, names, drop=(), setup=None, writes_ok=False, skip=None, **over):
+    """A ``dnn_saliency`` case: the base call with ``over`` (values may be functions of
+    ctx)."""
+    def run(c):
+        return sal_argv(c, drop, **{k: (v(c) if callable(v) else v) for k, v in over.items()})
+    return Case(f"saliency-{id}", run, names, setup=setup, writes_ok=writes_ok, skip=skip,
+                extra={"prog": saliency.PROG})
+
+
+def write(name, data):
+    """A setup writing ``data`` (bytes or text) to ``ctx.tmp/name``."""
+    def setup(c):
+        p = c.tmp / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        (p.write_bytes if isinstance(data, bytes) else p.write_text)(data)
+    return setup
+
+
+def at(name):
+    return lambda c: str(c.tmp / name)
+
+
+def _ro_disk(c):
+    (c.tmp / "ro").mkdir()
+    refuse_writes(c.monkeypatch, c.tmp / "ro", erofs, mkdir=True)
+
+
+def _full_disk(c):
+    (c.tmp / "full").mkdir()
+    refuse_writes(c.monkeypatch, c.tmp / "full", enospc, mkdir=False)
+
+
+SALIENCY = [
+    # network and weights
+    S("net=NoNet", ("NoNet",), net="NoNet"),
+    S("net-missing", ("-net",), drop=("net",)),
+    S("net=empty", ("net",), net=""),
+    S("weights-missing-file", ("absent.pth",), weights=at("absent.pth")),
+    S("weights-garbage", ("junk.pth",), setup=write("junk.pth", b"not a pickle at all"),
+      weights=at("junk.pth")),
+    S("random-weights+weights", ("-random-weights",), setup=write("w.pth", b"x"),
+      random_weights=True, weights=at("w.pth")),
+    S("seed=-1", ("-seed",), random_weights=True, seed="-1"),
+    S("seed=x", ("-seed",), seed="x"),
+    S("device=cuda-without-cuda", ("device|cuda",), device="cuda", skip=CUDA),
+    S("device=tpu", ("device", "tpu"), device="tpu"),
+    # layer and units
+    S("layer=conv9", ("layer", "conv9"), layer="conv9"),
+    S("layer-missing", ("-layer",), drop=("layer",)),
+    S("layer=empty", ("layer",), layer=""),
+    S("chn=0", ("unit",), chn=["0"]),
+    S("chn=5", ("unit",), chn=["1", "5"]),
+    S("chn=x", ("-chn",), chn=["x"]),
+    S("chn=1.5", ("-chn",), chn=["1.5"]),
+    S("chn-missing", ("-chn",), drop=("chn",)),
+    S("chn=spatial-on-fc-missing", ("-chn",), chn=["1,2,3"]),
+    # method and its parameters
+    S("meth=nope", ("-meth",), meth="nope"),
+    S("param=no-equals", ("-param",), param="steps"),
+    S("param=empty-key", ("-param",), param="=3"),
+    S("param-unknown", ("bogus",), param="bogus=1"),
+    S("param-ig-steps=0", ("steps",), meth="ig", param="steps=0"),
+    S("param-ig-baseline=purple", ("baseline",), meth="ig", param="baseline=purple"),
+    S("param-smoothgrad-n_samples=x", ("n_samples",), meth="smoothgrad",
+      param="n_samples=x"),
+    S("param-occlusion-window>image", ("window",), meth="occlusion", param="window=100"),
+    S("param-gradcam-cam_layer=nope", ("cam_layer",), meth="gradcam", param="cam_layer=nope"),
+    S("param-memory_budget=lots", ("memory_budget",), param="memory_budget=lots"),
+    S("reduce=median", ("-reduce",), reduce="median"),
+    # stimuli
+    S("stim-missing-file", ("absent.png",), stim=lambda c: [str(c.tmp / "absent.png")]),
+    S("stim-empty-file", ("empty.png",), setup=write("empty.png", b""), stim=at("empty.png")),
+    S("stim-not-utf8-csv", ("bad.stim.csv",), setup=write("bad.stim.csv", b"\xff\xfe\x00bad"),
+      stim=at("bad.stim.csv")),
+    S("stim-empty-csv", ("empty.stim.csv|stim",), setup=write("empty.stim.csv", b""),
+      stim=at("empty.stim.csv")),
+    S("stim-csv-missing-image", ("nope.png",),
+      setup=write("s.stim.csv", "type=image\npath=.\ndata=stimID\nnope.png\n"),
+      stim=at("s.stim.csv")),
+    S("stim-folder-without-images", ("stim",), setup=write("folder/notes.txt", "hello"),
+      stim=at("folder")),
+    S("stim-text-file", ("notes.txt|stim",), setup=write("notes.txt", "hello"),
+      stim=at("notes.txt")),
+    S("stim-not-an-image", ("fake.png",), setup=write("fake.png", b"GIF89a not really"),
+      stim=at("fake.png")),
+    S("stim-pixel-bomb", ("bomb.png",), setup=write("bomb.png", bomb_png()),
+      stim=at("bomb.png")),
+    S("stim-same-map-name", ("-stim|stim",), setup=write("a/x.png", Path(IMAGES[0]).read_bytes()),
+      stim=lambda c: [IMAGES[0], IMAGES[0]]),
+    S("stim-missing", ("-stim",), drop=("stim",)),
+    # output
+    S("out=existing-file", ("-out",), setup=write("outfile", "keep"), out=at("outfile")),
+    S("out-below-a-file", ("-out",), setup=write("outfile", "keep"), out=at("outfile/sub")),
+    S("out-not-empty", ("-out", "-force"), setup=write("out/old.txt", "keep")),
+    S("out-missing", ("-out",), drop=("out",)),
+    S("out-read-only-disk", ("ro",), setup=_ro_disk, out=at("ro/out")),
+    S("out-full-disk", ("full",), setup=_full_disk, out=at("full/out"), writes_ok=True),
+    # figure options
+    S("cmap=nope", ("cmap", "nope"), cmap="nope"),
+    S("vmin>vmax", ("vmin", "vmax"), vmin="2", vmax="1"),
+    S("vmin=nan", ("vmin",), vmin="nan"),
+    S("vmax=x", ("-vmax",), vmax="x"),
+    S("mode=hsv", ("-mode",), mode="hsv"),
+    S("ncol=0", ("-ncol",), ncol="0"),
+    S("batch-size=0", ("-batch-size",), batch_size="0"),
+    S("batch-size=-3", ("-batch-size",), batch_size="-3"),
+    S("batch-size=x", ("-batch-size",), batch_size="x"),
+]
+
+
+# ------------------------------------------------------------------------ dnn_saliency_batch
+
+def config_file(mutate=None, name="run.yaml", text=None):
+    """A setup writing the small run config (after ``mutate(cfg, ctx)``) or ``text``."""
+    def setup(c):
+        p = c.tmp / name
+        if text is not None:
+            (p.write_bytes if isinstance(text, bytes) else p.write_text)(
+                text(c) if callable(text) else text)
+            return
+        cfg = c.config
+        if mutate is not None:
+            mutate(cfg, c)
+        p.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return setup
+
+
+def B(id, names, extra_args=(), setup=None, config="run.yaml", writes_ok=False, skip=None):
+    def run(c):
+        return [str(c.tmp / config) if config else None,
+                *[a(c) if callable(a) else a for a in extra_args]]
+    return Case(f"batch-{id}", lambda c: [a for a in run(c) if a is not None], names,
+                setup=setup, writes_ok=writes_ok, skip=skip,
+                extra={"prog": saliency_batch.PROG})
+
+
+def setkey(path, value):
+    """A config mutation: ``a.b.c`` = value (value may be a function of ctx)."""
+    def mutate(cfg, c):
+        keys = path.split(".")
+        d = cfg
+        for k in keys[:-1]:
+            d = d[int(k)] if isinstance(d, list) else d[k]
+        last = keys[-1]
+        v = value(c) if callable(value) else value
+        if isinstance(d, list):
+            d[int(last)] = v
+        else:
+            d[last] = v
+    return mutate
+
+
+def _factory_os_system(cfg, c):
+    cfg["model"] = {"factory": "os:system", "args": [f"touch {c.tmp / MARKER}"]}
+
+
+BATCH = [
+    B("config-missing", ("absent.yaml",), config="absent.yaml"),
+    B("config-is-folder", ("sub",), setup=lambda c: (c.tmp / "sub").mkdir(), config="sub"),
+    B("config-unparseable", ("run.yaml",), setup=config_file(text="model: [unclosed\n  x: {")),
+    B("config-not-utf8", ("run.yaml",), setup=config_file(text=b"title: \xff\xfe\n")),
+    B("config-empty", ("run.yaml",), setup=config_file(text="")),
+    B("config-a-list", ("run.yaml",), setup=config_file(text="- 1\n- 2\n")),
+    B("config-alias-bomb", ("run.yaml|stimuli",),
+      setup=config_file(text=lambda c: "stimuli: " + alias_bomb() + "\n")),
+    B("model.name=NoNet", ("model.name",), setup=config_file(setkey("model.name", "NoNet"))),
+    B("model.device=tpu", ("model.device",), setup=config_file(setkey("model.device", "tpu"))),
+    B("model.device=cuda", ("model.device",), setup=config_file(setkey("model.device", "cuda")),
+      skip=CUDA),
+    B("targets.layer=conv9", ("targets",),
+      setup=config_file(setkey("targets.0.layer", "conv9"))),
+    B("targets.units=0", ("targets",), setup=config_file(setkey("targets.0.units", [0]))),
+    B("methods=nope", ("methods",), setup=config_file(setkey("methods", ["nope"]))),
+    B("methods.ig.steps=-1", ("methods",),
+      setup=config_file(setkey("methods", [{"name": "ig", "steps": -1}]))),
+    B("batch_size=0", ("batch_size",), setup=config_file(setkey("batch_size", 0))),
+    B("seed=x", ("seed",), setup=config_file(setkey("seed", "x"))),
+    B("stimuli-missing-file", ("stimuli",),
+      setup=config_file(setkey("stimuli", lambda c: [str(c.tmp / "absent.png")]))),
+    B("outputs.colormap=nope", ("outputs.colormap",),
+      setup=config_file(setkey("outputs.colormap", "nope"))),
+    B("outputs.save=gif", ("outputs.save",), setup=config_file(setkey("outputs.save", ["gif"]))),
+    B("unknown-key", ("frobnicate",), setup=config_file(setkey("frobnicate", 1))),
+    B("factory=os:system", ("model.factory|factory",), setup=config_file(_factory_os_system)),
+    B("factory=os:system-dry-run", ("model.factory|factory",),
+      setup=config_file(_factory_os_system), extra_args=["-dry-run"]),
+    B("dry-run-bad-config", ("methods",), setup=config_file(setkey("methods", ["nope"])),
+      extra_args=["-dry-run"]),
+    *[B(f"shard={v}", ("shard",), setup=config_file(), extra_args=["-shard", v])
+      for v in ("0/0", "3/2", "x", "-1/2", "1/")],
+    B("workers=-1", ("-workers",), setup=config_file(), extra_args=["-workers", "-1"]),
+    B("workers=x", ("-workers",), setup=config_file(), extra_args=["-workers", "x"]),
+    B("out=existing-file", ("outfile",), setup=lambda c: (config_file()(c),
+                                                           write("outfile", "keep")(c)),
+      extra_args=["-out", at("outfile")]),
+    B("merge-not-a-run", ("out",), setup=config_file(), extra_args=["-merge"]),
+    B("config-arg-missing", ("RUN.yaml",), config=None),
+    B("out-read-only-disk", ("ro",), setup=lambda c: (config_file(
+        setkey("outputs.dir", str(c.tmp / "ro" / "out")))(c), _ro_disk(c))),
+]
+
+
+# ------------------------------------------------------------------------ dnn_saliency_eval
+
+def E(id, names, args=(), spoil=None, setup=None, writes_ok=False, skip=None):
+    """A ``dnn_saliency_eval`` case on a copy of the finished run (``ctx.run``), spoiled
+    by ``spoil(run_dir)``."""
+    def run(c):
+        return [str(c.run), *[a(c) if callable(a) else a for a in args]]
+
+    def prepare(c):
+        if spoil is not None:
+            spoil(c.run)
+        if setup is not None:
+            setup(c)
+    return Case(f"eval-{id}", run, names, setup=prepare, writes_ok=writes_ok, skip=skip,
+                extra={"prog": saliency_eval.PROG, "run": True})
+
+
+def _rewrite(name, fn):
+    def spoil(run):
+        p = run / name
+        p.write_bytes(fn(p.read_bytes()))
+    return spoil
+
+
+def _drop_manifest_row(data: bytes) -> bytes:
+    lines = data.decode("utf-8").splitlines(keepends=True)
+    return "".join(lines[:-1]).encode("utf-8")
+
+
+def _flip_byte(data: bytes) -> bytes:
+    b = bytearray(data)
+    b[len(b) // 2] ^= 0xFF
+    return bytes(b)
+
+
+EVAL = [
+    Case("eval-not-a-run", lambda c: [str(c.tmp)], ("manifest|run",),
+         extra={"prog": saliency_eval.PROG}),
+    Case("eval-missing-folder", lambda c: [str(c.tmp / "absent")], ("absent",),
+         extra={"prog": saliency_eval.PROG}),
+    Case("eval-a-file", lambda c: [str(c.tmp / "f.txt")], ("f.txt",),
+         setup=write("f.txt", "x"), extra={"prog": saliency_eval.PROG}),
+    E("manifest-garbage", ("manifest.csv",),
+      spoil=_rewrite("manifest.csv", lambda d: b"\xff\xfe garbage\n")),
+    E("manifest-empty", ("manifest.csv",), spoil=_rewrite("manifest.csv", lambda d: b"")),
+    E("manifest-row-missing", ("manifest.csv",),
+      spoil=_rewrite("manifest.csv", _drop_manifest_row)),
+    E("manifest-deleted", ("manifest.csv",), spoil=lambda r: (r / "manifest.csv").unlink()),
+    E("network.pth-tampered", ("network.pth",), spoil=_rewrite("network.pth", _flip_byte)),
+    E("network.pth-deleted", ("network.pth",), spoil=lambda r: (r / "network.pth").unlink()),
+    E("config-deleted", ("config.resolved.yaml",),
+      spoil=lambda r: (r / "config.resolved.yaml").unlink()),
+    E("metrics=nope", ("metric|nope",), args=["-metrics", "nope"]),
+    E("metrics=mixed", ("nope",), args=["-metrics", "road", "nope"]),
+    E("batch-size=0", ("batch_size|batch-size",), args=["-batch-size", "0"]),
+    E("batch-size=x", ("-batch-size",), args=["-batch-size", "x"]),
+    E("seed=-1", ("seed",), args=["-seed", "-1"]),
+    E("steps=0", ("n_steps|steps",), args=["-metrics", "deletion_insertion", "-steps", "0"]),
+    E("road-percentages=1.5", ("road_percentages|road-percentages",),
+      args=["-metrics", "road", "-road-percentages", "0.5", "1.5"]),
+    E("rand-images=0", ("randomisation_images|rand-images",),
+      args=["-metrics", "randomisation", "-rand-images", "0"]),
+    E("tolerance=-1", ("pointing_tolerance|tolerance",),
+      args=["-metrics", "localisation", "-tolerance", "-1"]),
+    E("device=tpu", ("device",), args=["-device", "tpu"]),
+    E("device=cuda", ("device|cuda",), args=["-device", "cuda"], skip=CUDA),
+    E("stim-missing", ("absent.stim.csv|stim",),
+      args=["-stim", lambda c: str(c.tmp / "absent.stim.csv")]),
+    E("out=existing-file", ("outfile",), setup=write("outfile", "keep"),
+      args=["-out", at("outfile")]),
+    E("out-read-only-disk", ("ro",), setup=_ro_disk, args=["-out", at("ro/eval")],
+      writes_ok=True),
+]
+
+CASES = SALIENCY + BATCH + EVAL
+
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_cli_refuses(case, ctx, capsys, monkeypatch, request):
+    """Exit 2, one ``prog: error:`` line naming the option or file, nothing written, no
+    global state changed (and nothing executed)."""
+    ctx.monkeypatch = monkeypatch
+    if case.extra.get("run"):
+        ctx.run = request.getfixturevalue("run_copy")
+    if case.setup is not None:
+        case.setup(ctx)
+    prog = case.extra["prog"]
+    argv = case.run(ctx)
+    with guarded([ctx.tmp], writes_ok=case.writes_ok) as guard:
+        rc, err = call_cli(MAINS[prog], argv, capsys)
+    guard.problems += cli_problems(prog, rc, err, case.names)
+    if (ctx.tmp / MARKER).exists():
+        guard.problems.append(f"{MARKER} was created: code named in the config ran")
+    guard.check(case.max_s)
+
+
+def test_valid_calls_pass(ctx, capsys):
+    """The control: the base calls the cases spoil work and change no global state."""
+    with guarded([]) as guard:
+        rc, err = call_cli(saliency.main, sal_argv(ctx), capsys)
+    guard.check()
+    assert rc == 0, err
+    assert sorted(p.name for p in (ctx.tmp / "out" / "npy").iterdir()) == [
+        "shape_00_fc2_chn1.npy", "shape_01_fc2_chn1.npy"]
+    config_file()(ctx)
+    with guarded([ctx.tmp]) as guard:
+        rc, err = call_cli(saliency_batch.main, [str(ctx.tmp / "run.yaml"), "-dry-run"],
+                           capsys)
+    guard.check()
+    assert rc == 0, err
