@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import yaml
 
 from dnnbrain.cli import saliency, saliency_batch, saliency_eval
 
-from .conftest import IMAGES
+from .conftest import IMAGES, small_config
 from .helpers import (MARKER, Case, alias_bomb, bomb_png, call_cli, cli_problems, enospc,
                       guarded, params, refuse_writes)
 
@@ -200,7 +201,7 @@ def setkey(path, value):
 
 
 def _factory_os_system(cfg, c):
-    cfg["model"] = {"factory": "os:system", "args": [f"touch {c.tmp / MARKER}"]}
+    cfg["model"] = {"factory": "os:system", "kwargs": {"command": f"touch {c.tmp / MARKER}"}}
 
 
 BATCH = [
@@ -208,8 +209,8 @@ BATCH = [
     B("config-is-folder", ("sub",), setup=lambda c: (c.tmp / "sub").mkdir(), config="sub"),
     B("config-unparseable", ("run.yaml",), setup=config_file(text="model: [unclosed\n  x: {")),
     B("config-not-utf8", ("run.yaml",), setup=config_file(text=b"title: \xff\xfe\n")),
-    B("config-empty", ("run.yaml",), setup=config_file(text="")),
-    B("config-a-list", ("run.yaml",), setup=config_file(text="- 1\n- 2\n")),
+    B("config-empty", ("<config>",), setup=config_file(text="")),
+    B("config-a-list", ("<config>",), setup=config_file(text="- 1\n- 2\n")),
     B("config-alias-bomb", ("run.yaml|stimuli",),
       setup=config_file(text=lambda c: "stimuli: " + alias_bomb() + "\n")),
     B("model.name=NoNet", ("model.name",), setup=config_file(setkey("model.name", "NoNet"))),
@@ -251,7 +252,8 @@ BATCH = [
 
 # ------------------------------------------------------------------------ dnn_saliency_eval
 
-def E(id, names, args=(), spoil=None, setup=None, writes_ok=False, skip=None):
+def E(id, names, args=(), spoil=None, setup=None, writes_ok=False, skip=None,
+      fixture="run_copy"):
     """A ``dnn_saliency_eval`` case on a copy of the finished run (``ctx.run``), spoiled
     by ``spoil(run_dir)``."""
     def run(c):
@@ -263,7 +265,7 @@ def E(id, names, args=(), spoil=None, setup=None, writes_ok=False, skip=None):
         if setup is not None:
             setup(c)
     return Case(f"eval-{id}", run, names, setup=prepare, writes_ok=writes_ok, skip=skip,
-                extra={"prog": saliency_eval.PROG, "run": True})
+                extra={"prog": saliency_eval.PROG, "run": fixture})
 
 
 def _rewrite(name, fn):
@@ -273,9 +275,10 @@ def _rewrite(name, fn):
     return spoil
 
 
-def _drop_manifest_row(data: bytes) -> bytes:
-    lines = data.decode("utf-8").splitlines(keepends=True)
-    return "".join(lines[:-1]).encode("utf-8")
+def _drop_column(data: bytes) -> bytes:
+    rows = [line.split(",") for line in data.decode("utf-8").splitlines()]
+    i = rows[0].index("layer")
+    return "\n".join(",".join(r[:i] + r[i + 1:]) for r in rows).encode("utf-8") + b"\n"
 
 
 def _flip_byte(data: bytes) -> bytes:
@@ -294,11 +297,27 @@ EVAL = [
     E("manifest-garbage", ("manifest.csv",),
       spoil=_rewrite("manifest.csv", lambda d: b"\xff\xfe garbage\n")),
     E("manifest-empty", ("manifest.csv",), spoil=_rewrite("manifest.csv", lambda d: b"")),
-    E("manifest-row-missing", ("manifest.csv",),
-      spoil=_rewrite("manifest.csv", _drop_manifest_row)),
+    E("manifest-column-missing", ("manifest.csv",),
+      spoil=_rewrite("manifest.csv", _drop_column)),
+    E("manifest-map-missing", ("manifest.csv",),
+      spoil=lambda r: next(r.rglob("*.npy")).unlink()),
+    E("manifest-unknown-stimulus", ("stim",),
+      spoil=_rewrite("manifest.csv", lambda d: d.replace(b"shape_00.png", b"shape_99.png"))),
     E("manifest-deleted", ("manifest.csv",), spoil=lambda r: (r / "manifest.csv").unlink()),
-    E("network.pth-tampered", ("network.pth",), spoil=_rewrite("network.pth", _flip_byte)),
-    E("network.pth-deleted", ("network.pth",), spoil=lambda r: (r / "network.pth").unlink()),
+    E("network.pth-tampered", ("network.pth",), spoil=_rewrite("network.pth", _flip_byte),
+      fixture="random_run_copy"),
+    E("network.pth-deleted", ("network.pth",), spoil=lambda r: (r / "network.pth").unlink(),
+      fixture="random_run_copy"),
+    E("network.pth-garbage", ("network.pth",),
+      spoil=_rewrite("network.pth", lambda d: b"garbage"), fixture="random_run_copy"),
+    E("fingerprint-tampered", ("network",), spoil=_rewrite(
+        "config.resolved.yaml", lambda d: d.replace(b"fingerprint: ", b"fingerprint: 00"))),
+    E("config-garbage", ("config.resolved.yaml",),
+      spoil=_rewrite("config.resolved.yaml", lambda d: b"model: [unclosed\n  {")),
+    E("config-not-utf8", ("config.resolved.yaml",),
+      spoil=_rewrite("config.resolved.yaml", lambda d: b"\xff\xfe\x00")),
+    E("config-a-list", ("config.resolved.yaml",),
+      spoil=_rewrite("config.resolved.yaml", lambda d: b"- 1\n")),
     E("config-deleted", ("config.resolved.yaml",),
       spoil=lambda r: (r / "config.resolved.yaml").unlink()),
     E("metrics=nope", ("metric|nope",), args=["-metrics", "nope"]),
@@ -326,13 +345,33 @@ EVAL = [
 CASES = SALIENCY + BATCH + EVAL
 
 
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory):
+    """A finished run of the small config with random weights (so with ``network.pth``)."""
+    from dnnbrain.batch import run
+    where = tmp_path_factory.mktemp("torture_random_run")
+    cfg = small_config()
+    cfg["model"]["pretrained"] = False
+    cfg["outputs"]["dir"] = str(where / "run")
+    run(cfg, progress=False, workers=0)
+    assert (where / "run" / "network.pth").is_file()
+    return where / "run"
+
+
+@pytest.fixture
+def random_run_copy(random_run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(random_run, dst)
+    return dst
+
+
 @pytest.mark.parametrize("case", params(CASES))
 def test_cli_refuses(case, ctx, capsys, monkeypatch, request):
     """Exit 2, one ``prog: error:`` line naming the option or file, nothing written, no
     global state changed (and nothing executed)."""
     ctx.monkeypatch = monkeypatch
     if case.extra.get("run"):
-        ctx.run = request.getfixturevalue("run_copy")
+        ctx.run = request.getfixturevalue(case.extra["run"])
     if case.setup is not None:
         case.setup(ctx)
     prog = case.extra["prog"]
@@ -353,7 +392,7 @@ def test_valid_calls_pass(ctx, capsys):
     assert rc == 0, err
     assert sorted(p.name for p in (ctx.tmp / "out" / "npy").iterdir()) == [
         "shape_00_fc2_chn1.npy", "shape_01_fc2_chn1.npy"]
-    config_file()(ctx)
+    config_file(setkey("outputs.dir", str(ctx.tmp / "run")))(ctx)
     with guarded([ctx.tmp]) as guard:
         rc, err = call_cli(saliency_batch.main, [str(ctx.tmp / "run.yaml"), "-dry-run"],
                            capsys)
