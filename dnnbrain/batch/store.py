@@ -87,6 +87,10 @@ def check_output_dir(out: Path, config: Mapping[str, Any], force: bool) -> bool:
         If ``out`` holds a different resolved config, or is a non-empty folder that no
         run wrote, and ``force`` is False; the message names the differing keys.
     """
+    above = next((q for q in [out, *out.absolute().parents] if q.exists()), None)
+    if above is not None and not above.is_dir():
+        raise FileExistsError(f"`outputs.dir` (-out) '{out}' cannot be a folder: '{above}' is "
+                              "a file")
     stored = out / CONFIG_NAME
     if stored.is_file():
         old = yaml.safe_load(stored.read_text(encoding="utf-8")) or {}

@@ -19,7 +19,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..batch.checks import input_shape
+from ..batch.checks import input_shape, method_param_names
 from ..batch.plan import map_stem
 from ..dnn.algo.registry import make_method, method_names
 from ..dnn.fingerprint import fingerprint, seeded
@@ -130,6 +130,12 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("`-random-weights` and `-weights` exclude each other; pass one")
     if args.seed < 0:
         raise ValueError(f"`-seed` must be an integer >= 0, got {args.seed}")
+    params = parse_params(args.param)
+    allowed = method_param_names(args.meth, params)
+    unknown = [k for k in params if k not in allowed]
+    if unknown:
+        raise ValueError(f"`-param` {unknown[0]!r} is not a parameter of method "
+                         f"{args.meth!r}; valid parameters are {allowed}")
     with seeded(args.seed):
         try:
             dnn = load_network(args.net, args.weights, args.device,
@@ -139,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
                                                      "pass -random-weights")) from None
     log.info("network %s: fingerprint %s", args.net, fingerprint(dnn.model))
     method = make_method(dnn, args.meth, args.layer, args.chn, args.reduce, args.batch_size,
-                         **parse_params(args.param))
+                         **params)
     shape = input_shape(dnn)
     if shape is not None:  # the method's checks that need the input size
         method.check_input(shape)

@@ -297,6 +297,10 @@ def evaluate_run(run_dir: PathLike, metrics: Union[str, Sequence[str]] = METRICS
             raise ValueError(f"`device` {problems.items[0][1]}")
     run = read_run(run_dir, stim)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "eval"
+    above = next((q for q in [out, *out.absolute().parents] if q.exists()), None)
+    if above is not None and not above.is_dir():
+        raise FileExistsError(f"`out_dir` (-out) '{out}' cannot be a folder: '{above}' is a "
+                              "file")
     if not overwrite and (out / JSON_NAME).exists():
         raise FileExistsError(f"`out_dir` '{out}' already holds {JSON_NAME}; pass -force "
                               "(overwrite=True) to replace it")

@@ -155,6 +155,9 @@ def read_run(run_dir: PathLike, stim: StimLike = None) -> Run:
         If the manifest is empty, lacks columns, or names a stimulus the stimuli lack.
     """
     run = Path(run_dir)
+    if run.is_file():
+        raise ValueError(f"`run_dir` must be a dnn_saliency_batch run folder, got the file "
+                         f"'{run}'")
     if not run.is_dir():
         raise FileNotFoundError(f"`run_dir` not found: '{run}'")
     manifest, cfg_file = run / MANIFEST_NAME, run / CONFIG_NAME
