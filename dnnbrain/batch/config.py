@@ -23,6 +23,7 @@ import torch
 from ..dnn.base import ImageTransform
 from ..dnn.fingerprint import seeded
 from ..dnn.models import DNN, build_network, network_names
+from ..io.images import image_size
 from ..io.stim import IMAGE_EXTENSIONS, Stimulus
 from . import checks, network
 from .factories import check_factory, check_kwargs, load_factory
@@ -347,6 +348,14 @@ def _stimuli(p: Problems, value: Any, base: Path) -> Tuple[Any, Optional[Stimulu
             p.add("stimuli", f"stimIDs must give distinct output names (stimID without its "
                              f"ending); these repeat: {dups[:10]}")
             stim = None
+    if stim is not None:  # readable, within the pixel limit (headers only)
+        for i, path in enumerate(stim.paths):
+            try:
+                image_size(path)
+            except (ValueError, OSError) as err:
+                p.add(key("stimuli", i) if isinstance(value, list) else "stimuli", str(err))
+                stim = None
+                break
     return resolved, stim
 
 

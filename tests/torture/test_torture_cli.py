@@ -16,8 +16,8 @@ import yaml
 from dnnbrain.cli import saliency, saliency_batch, saliency_eval
 
 from .conftest import IMAGES, small_config
-from .helpers import (MARKER, Case, alias_bomb, bomb_png, call_cli, cli_problems, enospc,
-                      guarded, params, refuse_writes)
+from .helpers import (MARKER, Case, Payload, alias_bomb, bomb_png, call_cli, cli_problems,
+                      enospc, guarded, params, png_bytes, refuse_writes)
 
 MAINS = {saliency.PROG: saliency.main, saliency_batch.PROG: saliency_batch.main,
          saliency_eval.PROG: saliency_eval.main}
@@ -70,6 +70,20 @@ def at(name):
     return lambda c: str(c.tmp / name)
 
 
+def _payload(name):
+    """A setup saving a pickle whose loading would run ``touch MARKER``."""
+    def setup(c):
+        torch.save({"w": Payload(c.tmp / MARKER)}, c.tmp / name)
+    return setup
+
+
+def _other_weights(name):
+    """A setup saving the state dict of another architecture."""
+    def setup(c):
+        torch.save(torch.nn.Linear(3, 2).state_dict(), c.tmp / name)
+    return setup
+
+
 def _ro_disk(c):
     (c.tmp / "ro").mkdir()
     refuse_writes(c.monkeypatch, c.tmp / "ro", erofs, mkdir=True)
@@ -91,9 +105,17 @@ SALIENCY = [
     S("random-weights+weights", ("-random-weights",), setup=write("w.pth", b"x"),
       random_weights=True, weights=at("w.pth")),
     S("seed=-1", ("-seed",), random_weights=True, seed="-1"),
+    S("seed-without-random-weights", ("-seed", "-random-weights"), seed="3"),
+    S("weights-pickle-payload", ("payload.pth",), setup=_payload("payload.pth"),
+      weights=at("payload.pth")),
+    S("weights-a-folder", ("weights|wdir",), setup=lambda c: (c.tmp / "wdir").mkdir(),
+      weights=at("wdir")),
+    S("random-weights-wrong-arch-weights", ("w.pth",), setup=_other_weights("w.pth"),
+      weights=at("w.pth")),
     S("seed=x", ("-seed",), seed="x"),
     S("device=cuda-without-cuda", ("device|cuda",), device="cuda", skip=CUDA),
     S("device=tpu", ("device", "tpu"), device="tpu"),
+    S("device=cuda:7", ("device|cuda",), device="cuda:7", skip=CUDA),
     # layer and units
     S("layer=conv9", ("layer", "conv9"), layer="conv9"),
     S("layer-missing", ("-layer",), drop=("layer",)),
@@ -141,6 +163,14 @@ SALIENCY = [
     S("stim-same-map-name", ("-stim|stim",), setup=write("a/x.png", Path(IMAGES[0]).read_bytes()),
       stim=lambda c: [IMAGES[0], IMAGES[0]]),
     S("stim-missing", ("-stim",), drop=("stim",)),
+    S("stim-empty-folder", ("stim|empty",), setup=lambda c: (c.tmp / "empty").mkdir(),
+      stim=at("empty")),
+    S("stim-csv-and-image", ("stim",), setup=write("s.stim.csv", "type=image\n"),
+      stim=lambda c: [str(c.tmp / "s.stim.csv"), IMAGES[0]]),
+    S("stim-truncated-image", ("cut.png",),
+      setup=write("cut.png", png_bytes((64, 64))[:400]), stim=lambda c: [IMAGES[0],
+                                                                      str(c.tmp / "cut.png")],
+      writes_ok=True),
     # output
     S("out=existing-file", ("-out",), setup=write("outfile", "keep"), out=at("outfile")),
     S("out-below-a-file", ("-out",), setup=write("outfile", "keep"), out=at("outfile/sub")),
@@ -152,6 +182,10 @@ SALIENCY = [
     S("cmap=nope", ("cmap", "nope"), cmap="nope"),
     S("vmin>vmax", ("vmin", "vmax"), vmin="2", vmax="1"),
     S("vmin=nan", ("vmin",), vmin="nan"),
+    S("vmin=vmax", ("vmin", "vmax"), vmin="1", vmax="1"),
+    S("vmax=inf", ("vmax",), vmax="inf"),
+    S("cmap=empty", ("cmap",), cmap=""),
+    S("ncol=x", ("-ncol",), ncol="x"),
     S("vmax=x", ("-vmax",), vmax="x"),
     S("mode=hsv", ("-mode",), mode="hsv"),
     S("ncol=0", ("-ncol",), ncol="0"),
@@ -251,6 +285,27 @@ BATCH = [
       extra_args=["-out", at("outfile/run")]),
     B("outputs.dir=existing-file", ("outfile", "outputs.dir"), setup=lambda c: (
         config_file(setkey("outputs.dir", "outfile"))(c), write("outfile", "keep")(c))),
+    B("out-full-disk", ("full",), setup=lambda c: (config_file(
+        setkey("outputs.dir", str(c.tmp / "full" / "out")))(c), _full_disk(c)), writes_ok=True),
+    B("stimuli-empty-image", ("stimuli[1]",), setup=lambda c: (
+        write("e.png", b"")(c), config_file(setkey("stimuli", [IMAGES[0], "e.png"]))(c))),
+    B("stimuli-folder-with-bomb", ("stimuli",), setup=lambda c: (
+        write("imgs/bomb.png", bomb_png())(c), config_file(setkey("stimuli", "imgs"))(c))),
+    B("stimuli-empty-folder", ("stimuli",), setup=lambda c: (
+        (c.tmp / "empty").mkdir(), config_file(setkey("stimuli", "empty"))(c))),
+    B("stimuli-not-utf8-csv", ("stimuli",), setup=lambda c: (
+        write("bad.stim.csv", b"\xff\xfe\x00")(c),
+        config_file(setkey("stimuli", "bad.stim.csv"))(c))),
+    B("stimuli-pixel-bomb", ("stimuli[0]",), setup=lambda c: (
+        write("bomb.png", bomb_png())(c), config_file(setkey("stimuli", ["bomb.png"]))(c))),
+    B("targets=[]", ("targets",), setup=config_file(setkey("targets", []))),
+    B("methods=[]", ("methods",), setup=config_file(setkey("methods", []))),
+    B("factory-file-missing-allow-code", ("model.factory",), extra_args=["-allow-code"],
+      setup=config_file(setkey("model", {"factory": "nothere.py:build"}))),
+    B("factory=os:system-merge", ("model.factory|factory",),
+      setup=config_file(_factory_os_system), extra_args=["-merge"]),
+    B("merge-bad-config", ("methods",), setup=config_file(setkey("methods", ["nope"])),
+      extra_args=["-merge"]),
     B("merge-not-a-run", ("out",), setup=config_file(), extra_args=["-merge"]),
     B("config-arg-missing", ("RUN.yaml",), config=None),
     B("out-read-only-disk", ("ro",), setup=lambda c: (config_file(
@@ -287,6 +342,15 @@ def _drop_column(data: bytes) -> bytes:
     rows = [line.split(",") for line in data.decode("utf-8").splitlines()]
     i = rows[0].index("layer")
     return "\n".join(",".join(r[:i] + r[i + 1:]) for r in rows).encode("utf-8") + b"\n"
+
+
+def _factory_in_run(run):
+    """The run's resolved config names ``os:system`` (touching MARKER) as its factory."""
+    p = run / "config.resolved.yaml"
+    cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
+    cfg["model"] = {"factory": "os:system",
+                    "kwargs": {"command": f"touch {run.parent / MARKER}"}}
+    p.write_text(yaml.safe_dump(cfg), encoding="utf-8")
 
 
 def _flip_byte(data: bytes) -> bytes:
@@ -328,7 +392,14 @@ EVAL = [
       spoil=_rewrite("config.resolved.yaml", lambda d: b"- 1\n")),
     E("config-deleted", ("config.resolved.yaml",),
       spoil=lambda r: (r / "config.resolved.yaml").unlink()),
+    E("config-factory=os:system", ("factory",), spoil=_factory_in_run),
+    E("only-shard-parts", ("manifest", "-merge"), spoil=lambda r: (r / "manifest.csv").rename(
+        r / "manifest.part0of2.csv")),
     E("metrics=nope", ("metric|nope",), args=["-metrics", "nope"]),
+    E("metrics=empty", ("metrics",), args=["-metrics", ""]),
+    E("road-percentages=x", ("-road-percentages",), args=["-road-percentages", "x"]),
+    E("tolerance=nan", ("pointing_tolerance|tolerance",),
+      args=["-metrics", "localisation", "-tolerance", "nan"]),
     E("metrics=mixed", ("nope",), args=["-metrics", "road", "nope"]),
     E("batch-size=0", ("batch_size|batch-size",), args=["-batch-size", "0"]),
     E("batch-size=x", ("-batch-size",), args=["-batch-size", "x"]),
@@ -348,6 +419,8 @@ EVAL = [
       args=["-out", at("outfile")]),
     E("out-below-a-file", ("outfile", "-out"), setup=write("outfile", "keep"),
       args=["-out", at("outfile/eval")]),
+    E("out-full-disk", ("full",), setup=_full_disk, args=["-out", at("full/eval")],
+      writes_ok=True),
     E("out-read-only-disk", ("ro",), setup=_ro_disk, args=["-out", at("ro/eval")],
       writes_ok=True),
 ]
