@@ -207,7 +207,10 @@ def load_reason(err: Exception) -> str:
     when it gives one."""
     text = str(err)
     found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
-    reason = found.group(1) if found else (text.strip().splitlines() or [""])[0]
+    # torch's boilerplate paragraphs (advice to load with weights_only=False) are skipped
+    paragraphs = [t.strip() for t in re.split(r"\n\s*\n", text) if t.strip() and not
+                  t.strip().startswith(("Weights only load failed", "Check the documentation"))]
+    reason = found.group(1) if found else (paragraphs or text.strip().splitlines() or [""])[0]
     return " ".join(f"{type(err).__name__}: {reason}".split())
 
 
@@ -237,6 +240,9 @@ def _find_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike],
     """:func:`load_state_dict` and where the state dict came from (a path, or
     torchvision's download)."""
     places = _candidates(spec, weights)
+    if weights is not None and places[0].is_dir():
+        raise ValueError(f"`weights` must be a weights file, got the folder "
+                         f"{str(places[0])!r}")
     if weights is not None and not places[0].is_file():
         raise FileNotFoundError(f"`weights` file not found: {str(places[0])!r}")
     for path in places:

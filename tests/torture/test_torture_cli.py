@@ -17,7 +17,7 @@ from dnnbrain.cli import saliency, saliency_batch, saliency_eval
 
 from .conftest import IMAGES, small_config
 from .helpers import (MARKER, Case, Payload, alias_bomb, bomb_png, call_cli, cli_problems,
-                      enospc, guarded, params, png_bytes, refuse_writes)
+                      enospc, guarded, jpeg_bytes, params, png_bytes, refuse_writes)
 
 MAINS = {saliency.PROG: saliency.main, saliency_batch.PROG: saliency_batch.main,
          saliency_eval.PROG: saliency_eval.main}
@@ -169,8 +169,10 @@ SALIENCY = [
       stim=lambda c: [str(c.tmp / "s.stim.csv"), IMAGES[0]]),
     S("stim-truncated-image", ("cut.png",),
       setup=write("cut.png", png_bytes((64, 64))[:400]), stim=lambda c: [IMAGES[0],
-                                                                      str(c.tmp / "cut.png")],
-      writes_ok=True),
+                                                                      str(c.tmp / "cut.png")]),
+    S("stim-truncated-jpeg-pixels", ("cut.jpg",),
+      setup=write("cut.jpg", jpeg_bytes((64, 64))[:1500]),
+      stim=lambda c: [IMAGES[0], str(c.tmp / "cut.jpg")], writes_ok=True),
     # output
     S("out=existing-file", ("-out",), setup=write("outfile", "keep"), out=at("outfile")),
     S("out-below-a-file", ("-out",), setup=write("outfile", "keep"), out=at("outfile/sub")),
