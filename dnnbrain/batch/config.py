@@ -152,8 +152,12 @@ def _evaluate(p: Problems, value: Any) -> Optional[Dict[str, Any]]:
     checked = {k: value.get(k, defaults[k]) for k in inspect.signature(check_options).parameters}
     try:
         check_options(**checked)
-    except (TypeError, ValueError) as err:
-        p.add("evaluate", str(err))
+    except (TypeError, ValueError) as err:  # the messages name the option first
+        named = re.match(r"`(\w+)` (.*)", str(err), re.S)
+        if named:
+            p.add(f"evaluate.{named.group(1)}", named.group(2))
+        else:
+            p.add("evaluate", str(err))
     return None if unknown else dict(value)
 
 
