@@ -495,7 +495,7 @@ def test_cli_refuses(case, ctx, capsys, monkeypatch, request):
     guard.check(case.max_s)
 
 
-def test_valid_calls_pass(ctx, capsys):
+def test_valid_calls_pass(ctx, capsys, run_copy):
     """The control: the base calls the cases spoil work and change no global state."""
     with guarded([]) as guard:
         rc, err = call_cli(saliency.main, sal_argv(ctx), capsys)
@@ -509,3 +509,10 @@ def test_valid_calls_pass(ctx, capsys):
                            capsys)
     guard.check()
     assert rc == 0, err
+    with guarded([]) as guard:
+        rc, err = call_cli(saliency_eval.main, [str(run_copy), "-metrics", "road",
+                                                "-road-percentages", "0.5", "-no-plots"],
+                           capsys)
+    guard.check()
+    assert rc == 0, err
+    assert (run_copy / "eval" / "metrics.json").is_file()
