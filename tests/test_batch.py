@@ -317,7 +317,7 @@ def test_evaluate_section_runs_metrics_at_the_end(stim12, tmp_path):
 
 
 @pytest.mark.parametrize("section,needle", [
-    ({"metrics": ["sharpness"]}, "`metrics` must be a non-empty list of"),
+    ({"metrics": ["sharpness"]}, "evaluate.metrics: must be a non-empty list of"),
     ({"colour": 1}, "evaluate.colour: unknown key"),
     ("yes", "evaluate: must be true, null or a mapping"),
 ])

@@ -175,6 +175,22 @@ def accepted_params(cls: type) -> Tuple[List[str], bool]:
     return names, var_kw
 
 
+def method_param_names(name: str, params: Dict[str, Any]) -> List[str]:
+    """Parameters method ``name`` takes (from a config's method entry or ``-param``); a
+    wrapper (SmoothGrad) also takes its base method's, ``params['base']`` or its default
+    (ValueError naming `base` when that is not another method)."""
+    cls = get_method(name)
+    names, var_kw = accepted_params(cls)
+    allowed = list(names)
+    if var_kw and "base" in names:
+        base = params.get("base", inspect.signature(cls.__init__).parameters["base"].default)
+        bases = [n for n in method_names() if n != name]
+        if base not in bases:
+            raise ValueError(f"`base` must be one of {bases}, got {base!r}")
+        allowed += [n for n in accepted_params(get_method(base))[0] if n not in allowed]
+    return allowed
+
+
 def input_shape(dnn: DNN) -> Optional[Tuple[int, int, int]]:
     """``(3, H, W)`` of the network's input (its ``test_transform`` size), or None when
     unknown."""
@@ -226,15 +242,11 @@ def _method(p: Problems, path: str, m: Any, dnn: Optional[DNN], seed: int,
     if name is None or len(p) > n0:
         return None
     cls = get_method(name)
-    names, var_kw = accepted_params(cls)
-    allowed = list(names)
-    if var_kw and "base" in names:  # a wrapper (SmoothGrad): also its base method's params
-        base = params.get("base", inspect.signature(cls.__init__).parameters["base"].default)
-        bases = [n for n in method_names() if n != name]
-        if base not in bases:
-            p.add(key(path, "base"), f"must be one of {bases}, got {base!r}")
-            return None
-        allowed += [n for n in accepted_params(get_method(base))[0] if n not in allowed]
+    try:
+        allowed = method_param_names(name, params)
+    except ValueError as err:
+        p.add(key(path, "base"), str(err).replace("`base` ", "", 1))
+        return None
     unknown = [k for k in params if k not in allowed]
     for k in unknown:
         extra = " (batch_size is set at the top level)" if k == "batch_size" else ""
@@ -284,6 +296,17 @@ def methods(p: Problems, value: Any, dnn: Optional[DNN], seed: int,
 # ----------------------------------------------------------------------------- outputs
 
 
+def _file_in_the_way(folder: Optional[str]) -> Optional[str]:
+    """The file at ``folder`` or at the nearest of its parents that exists (None: none;
+    the folder can be created there)."""
+    if folder is None:
+        return None
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists():
+            return None if path.is_dir() else str(path)
+    return None
+
+
 def outputs(p: Problems, value: Any, base: Path, out: Any = None) -> Optional[Dict[str, Any]]:
     """Checked ``outputs`` with defaults; ``out`` (relative to the cwd) overrides ``dir``."""
     d = mapping(p, "outputs", value if value is not None else {}, OUTPUT_KEYS)
@@ -296,10 +319,11 @@ def outputs(p: Problems, value: Any, base: Path, out: Any = None) -> Optional[Di
         res["dir"] = str(Path(out).absolute())
     elif folder is not None:
         res["dir"] = str((base / folder).absolute())
-    if res.get("dir") is not None and os.path.exists(res["dir"]) and not os.path.isdir(
-            res["dir"]):
-        p.add("outputs.dir", f"must be a folder (new or existing), got the file "
-                             f"'{res['dir']}'")
+    blocked = _file_in_the_way(res.get("dir"))
+    if blocked is not None:
+        given = " (given by -out)" if out is not None else ""
+        p.add("outputs.dir", f"must be a folder (new or existing){given}, got "
+                             f"'{res['dir']}', but '{blocked}' is a file")
     res["save"] = str_list(p, "outputs.save", d.get("save", dflt["save"]), list(SAVE_KINDS))
     cmap = d.get("colormap", dflt["colormap"])
     if not isinstance(cmap, str) or cmap not in matplotlib.colormaps:

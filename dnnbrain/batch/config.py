@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from ..dnn.models import DNN, network_names
+from ..io.images import image_size
 from ..io.stim import IMAGE_EXTENSIONS, Stimulus
 from . import checks, network
 from .build import build_model
@@ -150,8 +151,12 @@ def _evaluate(p: Problems, value: Any) -> Optional[Dict[str, Any]]:
     checked = {k: value.get(k, defaults[k]) for k in inspect.signature(check_options).parameters}
     try:
         check_options(**checked)
-    except (TypeError, ValueError) as err:
-        p.add("evaluate", str(err))
+    except (TypeError, ValueError) as err:  # the messages name the option first
+        named = re.match(r"`(\w+)` (.*)", str(err), re.S)
+        if named:
+            p.add(f"evaluate.{named.group(1)}", named.group(2))
+        else:
+            p.add("evaluate", str(err))
     return None if unknown else dict(value)
 
 
@@ -319,7 +324,6 @@ def _unreadable(stim: Stimulus) -> List[Tuple[int, str]]:
     """``(index, message)`` of each stimulus whose image header cannot be read (not an
     image, empty, a folder, over the pixel limit): checked before any work, from the
     headers only (damaged pixel data past the header still fails during the run)."""
-    from ..io.images import image_size
     bad = []
     for i, path in enumerate(stim.paths):
         try:

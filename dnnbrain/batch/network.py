@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from ..dnn.fingerprint import fingerprint
-from ..dnn.models import DNN
+from ..dnn.models import DNN, load_reason
 from ..io.maps import atomic_write
 from .schema import Problems, type_name
 
@@ -108,7 +108,7 @@ def _load_into(dnn: DNN, path: Path, rec: Mapping[str, Any]) -> DNN:
         raise FileNotFoundError(f"the run's saved network '{path}' (config.resolved.yaml "
                                 f"`network.weights`) not found") from None
     except Exception as err:  # not a weights file, or weights of another architecture
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = load_reason(err)
         raise ValueError(f"the run's saved network '{path}' cannot be loaded: {msg}") from None
     got = fingerprint(dnn.model)
     if got != rec["fingerprint"]:

@@ -128,14 +128,17 @@ def parse_shard(shard: Union[str, Shard, None],
         if "WORLD_SIZE" not in env and "RANK" not in env:
             return None
         shard, where = (env.get("RANK", "0"), env.get("WORLD_SIZE", "1")), "RANK/WORLD_SIZE"
+    given = shard
     if isinstance(shard, str):
         k_text, sep, n_text = shard.partition("/")
         shard = (k_text, n_text) if sep else (shard, "")
+    elif isinstance(given, tuple) and where != "`shard`":
+        given = "/".join(given)
     try:
         k, n = (int(str(v).strip()) for v in shard)
     except (TypeError, ValueError):
         raise ValueError(f"{where} must be 'k/n' with integers 0 <= k < n (e.g. '0/2'), "
-                         f"got {shard!r}") from None
+                         f"got {given!r}") from None
     if n < 1 or not 0 <= k < n:
         raise ValueError(f"{where} must be 'k/n' with 0 <= k < n, got {k}/{n}")
     return None if n == 1 else (k, n)

@@ -23,9 +23,10 @@ MAX_YAML_BYTES = 8 * 2**20
 MAX_YAML_NODES = 1_000_000
 
 
-def _expanded_size(root: yaml.Node, source: str) -> int:
+def _expanded_size(root: yaml.Node, source: str, limit: int = MAX_YAML_NODES,
+                   what: str = "a run config") -> int:
     """Values ``root`` expands to, aliases repeated; ValueError on a cycle or above
-    :data:`MAX_YAML_NODES`. Iterative, memoized by node identity."""
+    ``limit``. Iterative, memoized by node identity."""
     size: Dict[int, int] = {}
     on_path = set()
     stack: List[tuple] = [(root, False)]
@@ -36,23 +37,23 @@ def _expanded_size(root: yaml.Node, source: str) -> int:
             on_path.discard(nid)
             kids = _children(node)
             size[nid] = 1 + sum(size[id(k)] for k in kids)
-            if size[nid] > MAX_YAML_NODES:
-                raise ValueError(f"{source}: the YAML expands to more than {MAX_YAML_NODES:,} "
-                                 "values through its aliases (&anchor / *alias); a run "
-                                 "config must be smaller")
+            if size[nid] > limit:
+                raise ValueError(f"{source}: the YAML expands to more than {limit:,} "
+                                 f"values through its aliases (&anchor / *alias); {what} "
+                                 "must be smaller")
             continue
         if nid in size:
             continue
         if nid in on_path:
             raise ValueError(f"{source}: a YAML alias refers to a node that contains it "
-                             "(&anchor ... *anchor inside itself); a run config cannot be "
+                             f"(&anchor ... *anchor inside itself); {what} cannot be "
                              "recursive")
         on_path.add(nid)
         stack.append((node, True))
         for kid in _children(node):
             if id(kid) in on_path:
                 raise ValueError(f"{source}: a YAML alias refers to a node that contains "
-                                 "it (&anchor ... *anchor inside itself); a run config "
+                                 f"it (&anchor ... *anchor inside itself); {what} "
                                  "cannot be recursive")
             if id(kid) not in size:
                 stack.append((kid, False))
@@ -100,17 +101,24 @@ def read_yaml(path: PathLike) -> Any:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return load_yaml_text(text, str(path))
+
+
+def load_yaml_text(text: str, source: str, limit: int = MAX_YAML_NODES,
+                   what: str = "a run config") -> Any:
+    """``yaml.safe_load(text)`` within bounds (at most ``limit`` values once aliases are
+    expanded, no recursion); ValueError starting with ``source`` otherwise."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        _expanded_size(node, str(path))
+        _expanded_size(node, source, limit, what)
         return loader.construct_document(node)
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+        raise ValueError(f"{source}: not valid YAML: {' '.join(str(err).split())}") from None
     except RecursionError:
-        raise ValueError(f"{path}: the YAML nests too deeply to be a run config") from None
+        raise ValueError(f"{source}: the YAML nests too deeply to be {what}") from None
     finally:
         loader.dispose()
 

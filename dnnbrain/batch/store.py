@@ -205,6 +205,11 @@ def write_manifest(path: Path, rows: Sequence[Mapping[str, str]],
 
 
 def read_manifest(path: Path) -> List[Dict[str, str]]:
-    """Rows of a manifest (or manifest part) as dicts of str."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [dict(row) for row in csv.DictReader(fh)]
+    """Rows of a manifest (or manifest part) as dicts of str; ValueError naming the file
+    when it is not UTF-8 CSV."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [dict(row) for row in csv.DictReader(fh)]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"manifest '{path}' is not a UTF-8 CSV file ({err}); re-run "
+                         "dnn_saliency_batch to rewrite it") from None

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
-import yaml
 
 from ..batch.config import check_device
+from ..batch.safeyaml import load_yaml_text
 from ..batch.schema import Problems
 from ..dnn.models import DNN, build_network
 from ..io.stim import IMAGE_EXTENSIONS, Stimulus
 
+#: Values one ``-param`` may hold (a scalar or a short list on a command line).
+MAX_PARAM_VALUES = 10_000
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError)
 
 
@@ -76,13 +78,15 @@ def load_stimuli(spec: Sequence[str] | str) -> Stimulus:
 
 def parse_params(pairs: Optional[List[str]]) -> Dict[str, Any]:
     """``['steps=64', 'baseline=white']`` -> ``{'steps': 64, 'baseline': 'white'}``
-    (values read as YAML scalars/lists)."""
+    (values read as YAML scalars/lists, at most :data:`MAX_PARAM_VALUES` values each;
+    ValueError naming `-param` otherwise)."""
     params: Dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"`-param` must be key=value, got {pair!r}")
-        params[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        params[key.strip().replace("-", "_")] = load_yaml_text(
+            value, f"`-param` {key.strip()}", MAX_PARAM_VALUES, "a -param value")
     return params
 
 

@@ -19,7 +19,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..batch.checks import input_shape
+from ..batch.checks import input_shape, method_param_names
 from ..batch.plan import map_stem
 from ..dnn.algo.registry import make_method, method_names
 from ..dnn.fingerprint import fingerprint, seeded
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-weights", help="weights file (default: offline search, see docs)")
     p.add_argument("-random-weights", dest="random_weights", action="store_true",
                    help="random weights (seeded by -seed) instead of trained ones")
-    p.add_argument("-seed", type=int, default=0,
+    p.add_argument("-seed", type=int, default=None,
                    help="seed of the random weights of -random-weights (default: 0)")
     p.add_argument("-device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("-batch-size", dest="batch_size", type=int, default=None,
@@ -128,9 +128,19 @@ def _run(args: argparse.Namespace) -> int:
         image_size(path)  # readable, within the pixel limit (header only)
     if args.random_weights and args.weights:
         raise ValueError("`-random-weights` and `-weights` exclude each other; pass one")
-    if args.seed < 0:
-        raise ValueError(f"`-seed` must be an integer >= 0, got {args.seed}")
-    with seeded(args.seed):
+    if args.seed is not None and not args.random_weights:
+        raise ValueError(f"`-seed` {args.seed} seeds only -random-weights, which is not "
+                         "given (a method's noise: -param seed=N)")
+    seed = 0 if args.seed is None else args.seed
+    if seed < 0:
+        raise ValueError(f"`-seed` must be an integer >= 0, got {seed}")
+    params = parse_params(args.param)
+    allowed = method_param_names(args.meth, params)
+    unknown = [k for k in params if k not in allowed]
+    if unknown:
+        raise ValueError(f"`-param` {unknown[0]!r} is not a parameter of method "
+                         f"{args.meth!r}; valid parameters are {allowed}")
+    with seeded(seed):
         try:
             dnn = load_network(args.net, args.weights, args.device,
                                pretrained=not args.random_weights)
@@ -139,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
                                                      "pass -random-weights")) from None
     log.info("network %s: fingerprint %s", args.net, fingerprint(dnn.model))
     method = make_method(dnn, args.meth, args.layer, args.chn, args.reduce, args.batch_size,
-                         **parse_params(args.param))
+                         **params)
     shape = input_shape(dnn)
     if shape is not None:  # the method's checks that need the input size
         method.check_input(shape)

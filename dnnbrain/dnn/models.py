@@ -202,7 +202,7 @@ def _candidates(spec: zoo.NetSpec, weights: Optional[PathLike]) -> List[Path]:
     return places
 
 
-def _load_reason(err: Exception) -> str:
+def load_reason(err: Exception) -> str:
     """torch.load's (often multi-line) complaint in one line: the unpickler's own reason
     when it gives one."""
     text = str(err)
@@ -247,7 +247,8 @@ def _find_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike],
     torchvision's download)."""
     places = _candidates(spec, weights)
     if weights is not None and places[0].is_dir():
-        raise ValueError(f"`weights` must be a weights file, got the folder {str(places[0])!r}")
+        raise ValueError(f"`weights` must be a weights file, got the folder "
+                         f"{str(places[0])!r}")
     if weights is not None and not places[0].is_file():
         raise FileNotFoundError(f"`weights` file not found: {str(places[0])!r}")
     for path in places:
@@ -258,7 +259,7 @@ def _find_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike],
             except Exception as err:  # corrupt / not a weights-only pickle
                 raise ValueError(f"weights file {str(path)!r} for {spec.name} could not be "
                                  f"loaded by torch.load(weights_only=True): "
-                                 f"{_load_reason(err)}") from err
+                                 f"{load_reason(err)}") from err
             if not isinstance(state, Mapping):
                 raise ValueError(f"weights file {str(path)!r} for {spec.name} does not hold "
                                  f"a state dict (got {type(state).__name__})")

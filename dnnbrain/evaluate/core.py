@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..batch.config import check_device
 from ..batch.plan import unit_text
+from ..batch.schema import Problems
 from ..metrics import saliency_magnitude
 from ..metrics.faithfulness import ROAD_PERCENTAGES
 from . import compute, report
@@ -295,8 +297,16 @@ def evaluate_run(run_dir: PathLike, metrics: Union[str, Sequence[str]] = METRICS
     tic = time.perf_counter()
     opts = check_options(metrics, road_percentages, road_noise, n_steps,
                          randomisation_images, pointing_tolerance, batch_size, seed)
+    if device is not None:
+        problems = Problems()
+        if check_device(problems, "device", device) is None:
+            raise ValueError(f"`device` {problems.items[0][1]}")
     run = read_run(run_dir, stim)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "eval"
+    above = next((q for q in [out, *out.absolute().parents] if q.exists()), None)
+    if above is not None and not above.is_dir():
+        raise FileExistsError(f"`out_dir` (-out) '{out}' cannot be a folder: '{above}' is a "
+                              "file")
     if not overwrite and (out / JSON_NAME).exists():
         raise FileExistsError(f"`out_dir` '{out}' already holds {JSON_NAME}; pass -force "
                               "(overwrite=True) to replace it")

@@ -155,6 +155,9 @@ def read_run(run_dir: PathLike, stim: StimLike = None) -> Run:
         If the manifest is empty, lacks columns, or names a stimulus the stimuli lack.
     """
     run = Path(run_dir)
+    if run.is_file():
+        raise ValueError(f"`run_dir` must be a dnn_saliency_batch run folder, got the file "
+                         f"'{run}'")
     if not run.is_dir():
         raise FileNotFoundError(f"`run_dir` not found: '{run}'")
     manifest, cfg_file = run / MANIFEST_NAME, run / CONFIG_NAME
@@ -166,7 +169,15 @@ def read_run(run_dir: PathLike, stim: StimLike = None) -> Run:
         raise FileNotFoundError(f"`run_dir` '{run}' has no {MANIFEST_NAME}{hint}")
     if not cfg_file.is_file():
         raise FileNotFoundError(f"`run_dir` '{run}' has no {CONFIG_NAME}")
-    config = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    try:
+        config = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = str(err).split("\n")[0]
+        raise ValueError(f"'{cfg_file}' is not a readable YAML file ({reason}); re-run "
+                         "dnn_saliency_batch to rewrite it") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ValueError(f"'{cfg_file}' must be a run config mapping with a `model` section "
+                         f"(as dnn_saliency_batch writes it), got {type(config).__name__}")
     rows = read_manifest(manifest)
     if not rows:
         raise ValueError(f"'{manifest}' lists no map")

@@ -128,6 +128,9 @@ def _orientation(img: Image.Image, what: str, path: object) -> int:
     try:
         value = img.getexif().get(0x0112, 1)
     except Exception as err:  # PIL raises many types on malformed EXIF blocks
+        if "truncated" in str(err):  # the EXIF block is read from the file's end
+            raise ValueError(f"{what} file '{path}' is truncated; re-create or remove "
+                             "it") from err
         raise ValueError(f"{what} file '{path}' has unreadable EXIF data "
                          f"({type(err).__name__}: {err}); strip its EXIF") from err
     return value if isinstance(value, int) else 1
