@@ -49,20 +49,46 @@ def ctx(shapenet, tmp_path):
                            config=copy.deepcopy(small_config()))
 
 
-@pytest.fixture(scope="session")
-def finished_run(tmp_path_factory):
-    """A complete ``dnn_saliency_batch`` run folder of :func:`small_config`."""
+def _finished(tmp_path_factory, name: str, **model) -> Path:
+    """A complete ``dnn_saliency_batch`` run folder of :func:`small_config` (``model``:
+    changes to its model section)."""
     from dnnbrain.batch import run
-    where = tmp_path_factory.mktemp("torture_run")
+    where = tmp_path_factory.mktemp(name)
     cfg = small_config()
+    cfg["model"].update(model)
     cfg["outputs"]["dir"] = str(where / "run")
     run(cfg, progress=False, workers=0)
     return where / "run"
 
 
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A complete run of :func:`small_config`."""
+    return _finished(tmp_path_factory, "torture_run")
+
+
+@pytest.fixture(scope="session")
+def random_run(tmp_path_factory):
+    """A complete run of :func:`small_config` with random weights (so with
+    ``network.pth``)."""
+    out = _finished(tmp_path_factory, "torture_random_run", pretrained=False)
+    assert (out / "network.pth").is_file()
+    return out
+
+
 @pytest.fixture
 def run_copy(finished_run, tmp_path):
     """A copy of :func:`finished_run` in the case's folder, to spoil."""
-    dst = tmp_path / "run"
-    shutil.copytree(finished_run, dst)
-    return dst
+    return _copy(finished_run, tmp_path)
+
+
+@pytest.fixture
+def random_run_copy(random_run, tmp_path):
+    """A copy of :func:`random_run` in the case's folder, to spoil."""
+    return _copy(random_run, tmp_path)

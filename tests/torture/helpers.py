@@ -300,6 +300,35 @@ def guarded(roots: Sequence[Path], model: Optional[torch.nn.Module] = None,
         restore_state(state)
 
 
+def marker(ctx: Any) -> Path:
+    """The file code smuggled into an input would create (it must never appear)."""
+    return ctx.tmp / MARKER
+
+
+def check_refused(case: Case, ctx: Any, model: Optional[torch.nn.Module] = None,
+                  tensors: Sequence[torch.Tensor] = ()) -> None:
+    """Run an API case (after its ``setup``) and fail listing every problem: the exception
+    type, the message (naming ``case.names``, holding ``case.extra['mentions']``), files
+    under ``ctx.tmp``, ``model``, ``tensors``, global state, and :data:`MARKER` (code
+    named by the input ran)."""
+    if case.setup is not None:
+        case.setup(ctx)
+    result = err = None
+    with guarded([ctx.tmp], model, tensors) as guard:
+        try:
+            result = case.run(ctx)
+        except Exception as caught:  # noqa: BLE001 - the type is what is checked
+            err = caught
+    guard.problems += exception_problems(err, case.exc, result)
+    if err is not None and not guard.problems:
+        guard.problems += message_problems(str(err), case.names)
+        guard.problems += [f"message does not mention {m!r}: {str(err)[:300]!r}"
+                           for m in case.extra.get("mentions", ()) if m not in str(err)]
+    if marker(ctx).exists():
+        guard.problems.append(f"{MARKER} was created: code named by the input ran")
+    guard.check(case.max_s)
+
+
 # ------------------------------------------------------------------------ bad files
 
 

@@ -11,7 +11,7 @@ import torch
 from dnnbrain.dnn.algo.registry import make_method, saliency
 from dnnbrain.dnn.models import DNN, build_network
 
-from .helpers import Case, exception_problems, guarded, message_problems, params
+from .helpers import Case, check_refused, guarded, params
 
 NAN, INF = float("nan"), float("inf")
 
@@ -163,16 +163,7 @@ CASES = [
 def test_api_refuses(case, ctx):
     """The call raises a user error naming the parameter, and leaves the model, the input,
     the files and the global state as they were."""
-    result = err = None
-    with guarded([ctx.tmp], ctx.dnn.model, [ctx.x]) as guard:
-        try:
-            result = case.run(ctx)
-        except Exception as caught:  # noqa: BLE001 - the type is what is checked
-            err = caught
-    guard.problems += exception_problems(err, case.exc, result)
-    if err is not None and not guard.problems:
-        guard.problems += message_problems(str(err), case.names)
-    guard.check(case.max_s)
+    check_refused(case, ctx, ctx.dnn.model, [ctx.x])
 
 
 def test_valid_call_passes(ctx):

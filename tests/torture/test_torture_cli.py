@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,9 @@ import yaml
 
 from dnnbrain.cli import saliency, saliency_batch, saliency_eval
 
-from .conftest import IMAGES, small_config
+from .conftest import IMAGES
 from .helpers import (MARKER, Case, Payload, alias_bomb, bomb_png, call_cli, cli_problems,
-                      enospc, guarded, jpeg_bytes, params, png_bytes, refuse_writes)
+                      enospc, guarded, jpeg_bytes, marker, params, png_bytes, refuse_writes)
 
 MAINS = {saliency.PROG: saliency.main, saliency_batch.PROG: saliency_batch.main,
          saliency_eval.PROG: saliency_eval.main}
@@ -460,26 +459,6 @@ EVAL = [
 CASES = SALIENCY + BATCH + EVAL
 
 
-@pytest.fixture(scope="module")
-def random_run(tmp_path_factory):
-    """A finished run of the small config with random weights (so with ``network.pth``)."""
-    from dnnbrain.batch import run
-    where = tmp_path_factory.mktemp("torture_random_run")
-    cfg = small_config()
-    cfg["model"]["pretrained"] = False
-    cfg["outputs"]["dir"] = str(where / "run")
-    run(cfg, progress=False, workers=0)
-    assert (where / "run" / "network.pth").is_file()
-    return where / "run"
-
-
-@pytest.fixture
-def random_run_copy(random_run, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(random_run, dst)
-    return dst
-
-
 @pytest.mark.parametrize("case", params(CASES))
 def test_cli_refuses(case, ctx, capsys, monkeypatch, request):
     """Exit 2, one ``prog: error:`` line naming the option or file, nothing written, no
@@ -496,7 +475,7 @@ def test_cli_refuses(case, ctx, capsys, monkeypatch, request):
     guard.problems += cli_problems(prog, rc, err, case.names)
     guard.problems += [f"message does not mention {m!r}: {err[-400:]!r}"
                        for m in case.extra.get("mentions", ()) if m not in err]
-    if (ctx.tmp / MARKER).exists():
+    if marker(ctx).exists():
         guard.problems.append(f"{MARKER} was created: code named in the config ran")
     guard.check(case.max_s)
 

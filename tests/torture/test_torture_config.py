@@ -8,7 +8,6 @@ command would create stays absent) and no global state changed."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,8 +15,7 @@ import yaml
 from dnnbrain.batch import run
 from dnnbrain.batch import safeyaml
 
-from .helpers import (MARKER, Case, alias_bomb, exception_problems, guarded, message_problems,
-                      params)
+from .helpers import Case, alias_bomb, check_refused, guarded, marker, params
 
 NAN, INF = float("nan"), float("inf")
 
@@ -51,10 +49,6 @@ def method(entry, target=None):
         if target is not None:
             cfg["targets"] = [{"layer": target[0], "units": [target[1]]}]
     return mutate
-
-
-def marker(c) -> Path:
-    return c.tmp / MARKER
 
 
 def factory(spec, kwargs=None, allow_code=False):
@@ -213,20 +207,7 @@ CASES = [
 def test_config_refused(case, ctx):
     """``run`` refuses the config at validation: a user error whose report names the key
     (or the file), nothing written, no factory called, nothing global changed."""
-    if case.setup is not None:
-        case.setup(ctx)
-    result = err = None
-    with guarded([ctx.tmp], ctx.dnn.model) as guard:
-        try:
-            result = case.run(ctx)
-        except Exception as caught:  # noqa: BLE001 - the type is what is checked
-            err = caught
-    guard.problems += exception_problems(err, case.exc, result)
-    if err is not None and not guard.problems:
-        guard.problems += message_problems(str(err), case.names)
-    if marker(ctx).exists():
-        guard.problems.append("the marker file was created: code in the config ran")
-    guard.check(case.max_s)
+    check_refused(case, ctx, ctx.dnn.model)
 
 
 def test_valid_config_passes(ctx):

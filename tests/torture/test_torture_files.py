@@ -23,15 +23,11 @@ from dnnbrain.dnn.models import ShapeNet, build_network
 from dnnbrain.io.images import image_size, read_image
 from dnnbrain.io.stim import Stimulus
 
-from .helpers import (MARKER, Case, Payload, bomb_png, exception_problems, guarded, jpeg_bytes,
-                      message_problems, params, png_bytes)
+from .helpers import (Case, Payload, bomb_png, check_refused, guarded, jpeg_bytes,
+                      marker, params, png_bytes)
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "dnnbrain" / "data" / "shapenet.pth"
 NOT_FOUND = (FileNotFoundError,)
-
-
-def marker(c) -> Path:
-    return c.tmp / MARKER
 
 
 def write(name, data):
@@ -287,22 +283,7 @@ CASES = [
 def test_file_refused(case, ctx):
     """The call raises a user error naming the file (or key), and leaves the files, the
     model and the global state as they were; no code in a file runs."""
-    if case.setup is not None:
-        case.setup(ctx)
-    result = err = None
-    with guarded([ctx.tmp], ctx.dnn.model, [ctx.x]) as guard:
-        try:
-            result = case.run(ctx)
-        except Exception as caught:  # noqa: BLE001 - the type is what is checked
-            err = caught
-    guard.problems += exception_problems(err, case.exc, result)
-    if err is not None and not guard.problems:
-        guard.problems += message_problems(str(err), case.names)
-        guard.problems += [f"message does not mention {m!r}: {str(err)[:300]!r}"
-                           for m in case.extra.get("mentions", ()) if m not in str(err)]
-    if marker(ctx).exists():
-        guard.problems.append("the marker file was created: code in a file ran")
-    guard.check(case.max_s)
+    check_refused(case, ctx, ctx.dnn.model, [ctx.x])
 
 
 def test_valid_files_pass(ctx):
