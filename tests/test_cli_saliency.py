@@ -10,11 +10,13 @@ from dnnbrain.io.stim import demo_stimulus_file
 STIM = str(demo_stimulus_file())
 
 
-def test_writes_figures_and_maps(tmp_path, shapenet, demo_stim):
+def test_writes_figures_and_maps(tmp_path, shapenet, demo_stim, capsys):
     out = tmp_path / "out"
     rc = main(["-net", "ShapeNet", "-layer", "fc2", "-chn", "1", "3", "-stim", STIM,
                "-meth", "guided", "-out", str(out)])
     assert rc == 0
+    assert capsys.readouterr().out == (f"dnn_saliency: 24 guided maps of layer fc2 (12 "
+                                       f"stimuli x 2 units) -> {out}/ (2 figures, npy/)\n")
     figs = sorted(p.name for p in out.glob("*.png"))
     assert figs == ["guided_fc2_part1.png", "guided_fc2_part2.png"]  # 12 stimuli, 8 a figure
     assert Image.open(out / figs[0]).size[0] > Image.open(out / figs[1]).size[0]

@@ -173,6 +173,11 @@ def _run(args: argparse.Namespace) -> int:
         atomic_write(fname, fig.savefig)
         figures.append(fname)
         log.info("wrote %s", fname)
+    n_maps = len(stim) * len(units)
+    print(f"{PROG}: {n_maps} {args.meth} map{'s' if n_maps != 1 else ''} of layer "
+          f"{args.layer} ({len(stim)} stimuli x {len(units)} unit"
+          f"{'s' if len(units) != 1 else ''}) -> {out}/ ({len(figures)} figure"
+          f"{'s' if len(figures) != 1 else ''}, npy/)")
     if args.show:  # the saved figures, in pyplot windows
         import matplotlib.pyplot as plt
         for fname in figures:
