@@ -242,3 +242,23 @@ def test_memory_budget_as_a_method_parameter(base, tmp_path):
     for a, b in zip(got, ref):
         x, y = np.load(a), np.load(b)
         assert np.abs(x - y).max() <= 1e-5 * np.abs(y).max()
+
+
+def test_folder_reads_its_own_images_and_says_so_of_sub_folders(base, tmp_path, caplog):
+    from PIL import Image
+    from dnnbrain.batch.config import prepare
+    img = Image.new("RGB", (64, 64), (200, 30, 30))
+    for rel in ("top.png", "a/x.png", "b/x.png"):
+        (tmp_path / "imgs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        img.save(tmp_path / "imgs" / rel)
+    with caplog.at_level("WARNING", logger="dnnbrain.batch.config"):
+        folder = prepare(dict(base, stimuli=str(tmp_path / "imgs")))
+    assert folder.stim.ids == ["top.png"]
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "2 image file(s) in sub-folders" in msgs[0] and "**" in msgs[0]
+    globbed = prepare(dict(base, stimuli=str(tmp_path / "imgs" / "**" / "*")))
+    assert globbed.stim.ids == ["a/x.png", "b/x.png", "top.png"]
+    (tmp_path / "imgs" / "top.png").unlink()
+    msg = problems(dict(base, stimuli=str(tmp_path / "imgs")))
+    assert msg.splitlines()[1].startswith("  stimuli: the folder") and \
+        "only 2 in sub-folders" in msg

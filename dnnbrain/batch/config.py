@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from .schema import (DEFAULTS, MODEL_FACTORY_KEYS, MODEL_NAMED_KEYS, TOP_KEYS, P
                      boolean, integer, key, mapping, plain, string, type_name)
 
 PathLike = Union[str, "os.PathLike[str]"]
+log = logging.getLogger(__name__)
 GLOB_CHARS = "*?["
 
 
@@ -333,6 +335,23 @@ def _unreadable(stim: Stimulus) -> List[Tuple[int, str]]:
     return bad
 
 
+def _folder_stimuli(folder: str) -> Stimulus:
+    """The images directly in ``folder``; images in its sub-folders are not read, and
+    the log says so (with the glob that would read them)."""
+    deeper = sum(1 for q in Path(folder).glob("*/**/*") if q.suffix.lower() in
+                 IMAGE_EXTENSIONS and q.is_file())
+    hint = f"'{os.path.join(folder, '**', '*')}' as `stimuli` reads them too"
+    if deeper:
+        top = [q for q in Path(folder).iterdir() if q.is_file() and
+               q.suffix.lower() in IMAGE_EXTENSIONS]
+        if not top:
+            raise ValueError(f"the folder '{folder}' holds no image file itself, only "
+                             f"{deeper} in sub-folders: the glob {hint}")
+        log.warning("stimuli: %d image file(s) in sub-folders of '%s' are not read (a "
+                    "folder means its own images); the glob %s", deeper, folder, hint)
+    return Stimulus.from_folder(folder)
+
+
 def _one_stimulus_source(p: Problems, target: str, what: str) -> Optional[Stimulus]:
     try:
         if any(c in target for c in GLOB_CHARS):
@@ -346,7 +365,7 @@ def _one_stimulus_source(p: Problems, target: str, what: str) -> Optional[Stimul
             p.add("stimuli", f"not found: '{target}' (must be {what})")
             return None
         if os.path.isdir(target):
-            return Stimulus.from_folder(target)
+            return _folder_stimuli(target)
         if not target.endswith(".csv"):
             p.add("stimuli", f"must be {what}, got the file '{target}'")
             return None
