@@ -74,3 +74,18 @@ def test_memory_budget_param(tmp_path, shapenet, demo_stim, capsys):
     assert main(["-net", "ShapeNet", "-layer", "fc2", "-chn", "2", "-stim", STIM, "-meth",
                  "ig", "-param", "memory_budget=10kB", "-out", str(out), "-force"]) == 2
     assert "`memory_budget` of 0.0 MiB is too small" in capsys.readouterr().err
+
+
+def test_same_file_name_in_two_folders_gives_two_maps(tmp_path, demo_stim):
+    import shutil
+    for sub, k in (("a", 0), ("b", 1)):
+        (tmp_path / "imgs" / sub).mkdir(parents=True)
+        shutil.copy(demo_stim.paths[k], tmp_path / "imgs" / sub / "x.png")
+    out = tmp_path / "out"
+    assert main(["-net", "ShapeNet", "-layer", "fc2", "-chn", "1", "-meth", "vanilla",
+                 "-stim", str(tmp_path / "imgs" / "a" / "x.png"),
+                 str(tmp_path / "imgs" / "b" / "x.png"), "-out", str(out)]) == 0
+    got = sorted(p.relative_to(out / "npy").as_posix() for p in (out / "npy").rglob("*.npy"))
+    assert got == ["a/x_fc2_chn1.npy", "b/x_fc2_chn1.npy"]
+    a, b = (np.load(out / "npy" / g) for g in got)
+    assert not np.allclose(a, b)  # each its own image's map

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..base import to_input
 from ..models import DNN
-from .calls import Call, CallCounts, check_call
+from .calls import Call, CallCounts, call_index, check_call, count_calls
 from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
 from .checks import input_shape_error
 from .forward import StopForward, eval_mode, pass_hooks
@@ -369,9 +369,13 @@ class SaliencyImage:
         if self.layer is None:
             raise ValueError("no target: call set_layer(layer, unit) first")
         x = self._probe(shape)
-        with self._hooks(x=x) as cap, torch.no_grad():  # the network takes the shape and
-            self._forward(x)                            # the explained call exists
-            self._target_output(cap)
+        module = self.dnn.layer2module(self.layer)
+        with eval_mode(self.dnn.model), self._input_errors(x):
+            if isinstance(self.call, int) and self.call > 0:  # the explained call exists
+                n = count_calls(module, lambda: self.dnn.model(self._layout(x)))
+                call_index(self.call, n, self.layer)
+            else:  # counts the calls where the choice needs it (kept for the passes)
+                self._stop_call(module, x)
         if not self.shares_units:  # as _run: perturbation methods keep batch_size
             self._check_budget(x)
 
