@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -15,6 +14,7 @@ from ..dnn.algo.engine import SaliencyImage
 from ..dnn.algo.registry import get_method, method_names
 from ..dnn.algo.target import REDUCE, static_size
 from ..dnn.models import DNN
+from ..io.maps import existing_part
 from .plan import layer_folder, unit_folder, unit_text
 from .schema import (DEFAULTS, OUTPUT_KEYS, SAVE_KINDS, TARGET_KEYS, Problems, is_int, key,
                      mapping, number, plain, str_list, string, type_name)
@@ -296,17 +296,6 @@ def methods(p: Problems, value: Any, dnn: Optional[DNN], seed: int,
 # ----------------------------------------------------------------------------- outputs
 
 
-def _file_in_the_way(folder: Optional[str]) -> Optional[str]:
-    """The file at ``folder`` or at the nearest of its parents that exists (None: none;
-    the folder can be created there)."""
-    if folder is None:
-        return None
-    for path in (Path(folder), *Path(folder).parents):
-        if path.exists():
-            return None if path.is_dir() else str(path)
-    return None
-
-
 def outputs(p: Problems, value: Any, base: Path, out: Any = None) -> Optional[Dict[str, Any]]:
     """Checked ``outputs`` with defaults; ``out`` (relative to the cwd) overrides ``dir``."""
     d = mapping(p, "outputs", value if value is not None else {}, OUTPUT_KEYS)
@@ -319,11 +308,11 @@ def outputs(p: Problems, value: Any, base: Path, out: Any = None) -> Optional[Di
         res["dir"] = str(Path(out).absolute())
     elif folder is not None:
         res["dir"] = str((base / folder).absolute())
-    blocked = _file_in_the_way(res.get("dir"))
-    if blocked is not None:
+    there = existing_part(res["dir"]) if res.get("dir") is not None else None
+    if there is not None and not there.is_dir():
         given = " (given by -out)" if out is not None else ""
         p.add("outputs.dir", f"must be a folder (new or existing){given}, got "
-                             f"'{res['dir']}', but '{blocked}' is a file")
+                             f"'{res['dir']}', but '{there}' is a file")
     res["save"] = str_list(p, "outputs.save", d.get("save", dflt["save"]), list(SAVE_KINDS))
     cmap = d.get("colormap", dflt["colormap"])
     if not isinstance(cmap, str) or cmap not in matplotlib.colormaps:

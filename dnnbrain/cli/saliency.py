@@ -25,7 +25,7 @@ from ..dnn.algo.registry import make_method, method_names
 from ..dnn.fingerprint import fingerprint, seeded
 from ..dnn.models import network_names
 from ..io.images import image_size
-from ..io.maps import atomic_write, save_npy
+from ..io.maps import atomic_write, existing_part, save_npy
 from .common import load_network, load_stimuli, parse_params, run_main, setup_logging
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def _check_out(out: Path, force: bool) -> None:
         if any(out.iterdir()) and not force:
             raise FileExistsError(f"`-out` '{out}' is not empty; pass -force to write into it")
         return
-    above = next(p for p in out.absolute().parents if p.exists())
+    above = existing_part(out)
     if not above.is_dir():
         raise ValueError(f"`-out` '{out}' cannot be created: '{above}' is a file, not a "
                          "folder")

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..batch.config import check_device
 from ..batch.plan import unit_text
 from ..batch.schema import Problems
+from ..io.maps import existing_part
 from ..metrics import saliency_magnitude
 from ..metrics.faithfulness import ROAD_PERCENTAGES
 from . import compute, report
@@ -303,7 +304,7 @@ def evaluate_run(run_dir: PathLike, metrics: Union[str, Sequence[str]] = METRICS
             raise ValueError(f"`device` {problems.items[0][1]}")
     run = read_run(run_dir, stim)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "eval"
-    above = next((q for q in [out, *out.absolute().parents] if q.exists()), None)
+    above = existing_part(out)
     if above is not None and not above.is_dir():
         raise FileExistsError(f"`out_dir` (-out) '{out}' cannot be a folder: '{above}' is a "
                               "file")

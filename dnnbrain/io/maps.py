@@ -27,7 +27,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -116,6 +116,13 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         if not done:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def existing_part(folder: PathLike) -> Optional[Path]:
+    """``folder`` itself or its nearest parent that exists (None: none does). An output
+    folder can be made there only when that is a folder, not a file."""
+    folder = Path(folder).absolute()
+    return next((q for q in (folder, *folder.parents) if q.exists()), None)
 
 
 def atomic_write(path: PathLike, write_fn: Callable[[Path], Any]) -> Path:
