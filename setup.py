@@ -30,7 +30,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "captum>=0.7", "grad-cam>=1.4"],
+        "test": ["pytest>=7", "captum>=0.7", "grad-cam>=1.4", "timm>=0.9"],
+        "timm": ["timm>=0.9"],
         "docs": ["sphinx>=6", "numpydoc>=1.5"],
     },
     # bin/ holds thin shims for running from a checkout; installed, the same

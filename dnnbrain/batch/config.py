@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from ..dnn.models import DNN, network_names
+from ..dnn.timmnets import canonical, check_timm_name, is_timm_name
 from ..io.images import image_size
 from ..io.stim import IMAGE_EXTENSIONS, Stimulus
 from . import checks, network
@@ -204,9 +205,15 @@ def _model(p: Problems, value: Any, base: Path,
         name = d.get("name")
         spelled = {n.lower(): n for n in network_names()}  # case-insensitive, as build_network
         res["name"] = spelled.get(name.lower()) if isinstance(name, str) else None
-        if res["name"] is None and "name" in d:
-            p.add("model.name", f"must be one of {network_names()} (case-insensitive), got "
-                                f"{type_name(name)} {name!r}")
+        if is_timm_name(name):
+            try:
+                check_timm_name(name)
+                res["name"] = canonical(name)
+            except ValueError as err:
+                p.add("model.name", str(err).replace("`net` ", "", 1))
+        elif res["name"] is None and "name" in d:
+            p.add("model.name", f"must be one of {network_names()} (case-insensitive) or "
+                                f"'timm:<model>', got {type_name(name)} {name!r}")
         weights = string(p, "model.weights", d.get("weights", dflt["weights"]), allow_none=True)
         res["weights"] = None if weights is None else str((base / weights).absolute())
         if weights is not None and not Path(res["weights"]).is_file():

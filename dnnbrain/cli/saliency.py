@@ -45,7 +45,8 @@ def _unit(text: str):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("-net", required=True, metavar="NET",
-                   help=f"network name, one of {network_names()} (case-insensitive)")
+                   help=f"network name, one of {network_names()} (case-insensitive), or "
+                        "timm:<model> for any timm model (pip install timm)")
     p.add_argument("-layer", required=True, help="target layer name (or dotted module path)")
     p.add_argument("-chn", required=True, nargs="+", type=_unit, metavar="CHN",
                    help="target unit(s), counted from 1, or 'predicted'")

@@ -13,12 +13,12 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from . import zoo
+from . import timmnets, zoo
 from .base import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,31 @@ def load_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike] = None,
     return _find_state_dict(spec, weights, map_location, download)[0]
 
 
+def read_weights(path: Path, who: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """The state dict in the weights file ``path`` (``torch.load(weights_only=True)``, or
+    safetensors for a ``.safetensors`` file) for the network ``who``.
+
+    Raises
+    ------
+    ValueError
+        For a corrupt file, one whose pickle holds code, or one without a state dict.
+    """
+    log.info("loading %s weights from %s", who, path)
+    try:
+        if Path(path).suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path), device=str(map_location))
+        else:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt / not a weights-only pickle
+        raise ValueError(f"weights file {str(path)!r} for {who} could not be loaded by "
+                         f"torch.load(weights_only=True): {load_reason(err)}") from err
+    if not isinstance(state, Mapping):
+        raise ValueError(f"weights file {str(path)!r} for {who} does not hold a state dict "
+                         f"(got {type(state).__name__})")
+    return dict(state)
+
+
 def _find_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike],
                      map_location: Union[str, torch.device], download: Optional[bool]
                      ) -> Tuple[Dict[str, torch.Tensor], str]:
@@ -253,17 +278,7 @@ def _find_state_dict(spec: zoo.NetSpec, weights: Optional[PathLike],
         raise FileNotFoundError(f"`weights` file not found: {str(places[0])!r}")
     for path in places:
         if path.is_file():
-            log.info("loading %s weights from %s", spec.name, path)
-            try:
-                state = torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as err:  # corrupt / not a weights-only pickle
-                raise ValueError(f"weights file {str(path)!r} for {spec.name} could not be "
-                                 f"loaded by torch.load(weights_only=True): "
-                                 f"{load_reason(err)}") from err
-            if not isinstance(state, Mapping):
-                raise ValueError(f"weights file {str(path)!r} for {spec.name} does not hold "
-                                 f"a state dict (got {type(state).__name__})")
-            return dict(state), str(path)
+            return read_weights(path, spec.name, map_location), str(path)
     if download is None:
         download = not os.environ.get("DNNBRAIN_OFFLINE")
     if download and spec.tv_weights:
@@ -335,6 +350,19 @@ def _build_module(spec: zoo.NetSpec) -> nn.Module:
     return getattr(tvm, spec.builder)(weights=None, **spec.builder_kwargs)
 
 
+def _build_timm(name: str, pretrained: bool, weights: Optional[PathLike]) -> DNN:
+    model, path = timmnets.create(name, pretrained, weights)
+    if path is not None:
+        state = read_weights(Path(path), name)
+        problem = state_dict_mismatch(model, state)
+        if problem is not None:
+            raise ValueError(f"weights {str(path)!r} do not match {name}: {problem}")
+        model.load_state_dict(state)
+    layers, size, mean, std = timmnets.describe(model)
+    return DNN(model.eval(), layers, ImageTransform(size, mean, std), img_size=size[0],
+               name=timmnets.canonical(name))
+
+
 def build_network(name: str, pretrained: bool = True, weights: Optional[PathLike] = None,
                   device: Union[str, torch.device, None] = None,
                   download: Optional[bool] = None) -> DNN:
@@ -343,7 +371,8 @@ def build_network(name: str, pretrained: bool = True, weights: Optional[PathLike
     Parameters
     ----------
     name : str
-        ``'AlexNet'``, ``'Vgg16'``, ``'Resnet18'``, ``'ShapeNet'``, ...
+        ``'AlexNet'``, ``'Vgg16'``, ``'Resnet18'``, ``'ShapeNet'``, ... or
+        ``'timm:<model>'`` for any timm model (:mod:`dnnbrain.dnn.timmnets`).
     pretrained : bool
         Load trained weights (see :func:`load_state_dict`); False gives random weights.
     weights : path or None
@@ -359,6 +388,8 @@ def build_network(name: str, pretrained: bool = True, weights: Optional[PathLike
     DNN
         In eval mode, on ``device``.
     """
+    if timmnets.is_timm_name(name):  # any timm model (never downloaded: see timmnets)
+        return _build_timm(name, pretrained, weights).to(device or "cpu")
     spec = zoo.get_spec(name)
     if pretrained or weights is not None:  # the random init is overwritten: keep the RNG
         with torch.random.fork_rng(devices=[]):

@@ -187,7 +187,7 @@ def get_spec(name: str) -> NetSpec:
     """
     if not isinstance(name, str) or name.lower() not in NETWORKS:
         choices = [s.name for s in NETWORKS.values()]
-        raise ValueError(f"`net` must be one of {choices}, got {name!r}")
+        raise ValueError(f"`net` must be one of {choices} (or 'timm:<model>'), got {name!r}")
     return NETWORKS[name.lower()]
 
 
