@@ -293,5 +293,6 @@ class AttentionRelevance(_AttentionMap):
         probs, out = self._capture(x, grad=True)
         with torch.enable_grad():
             score = select(out, units, self.layer, self.reduce)
-            grads = torch.autograd.grad(score.sum(), probs, allow_unused=True)
+            grads = torch.autograd.grad(score.sum(), probs.leaves, allow_unused=True)
+        grads = [None if g is None else g.reshape(p.shape) for g, p in zip(grads, probs)]
         return self._finish(self.relevance(probs, grads), x)

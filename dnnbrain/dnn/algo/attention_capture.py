@@ -10,7 +10,9 @@ as a ``(B, heads, T, S)`` tensor that is part of the autograd graph:
   ``EncoderBlock`` passes ``need_weights=False``): called with ``need_weights=True`` and
   ``average_attn_weights=False``; the per-head weights are recorded and the caller gets
   back what it asked for (None, or the head average). Torch's non-fused path computes
-  the same attention output as its fused one, to float rounding.
+  the same attention output as its fused one, to float rounding. The weights it returns
+  are a reshaped view of the probabilities its output was computed from; gradients are
+  taken w.r.t. that tensor (the view's base, ``Captured.leaves``).
 * ``F.scaled_dot_product_attention`` (timm's ``Attention`` with ``fused_attn=True``, and
   any user module that calls it): computed explicitly as ``softmax(Q K^T * scale +
   mask) V`` (causal masks, boolean or additive masks, grouped-query heads), the same
@@ -107,31 +109,33 @@ class _AttentionMode(TorchFunctionMode):
             self._record(probs)
             return out
         if func is F.multi_head_attention_forward:
-            names = list(_MHA_PARAMS)
-            kwargs.update(zip(names, args))
+            kwargs.update(zip(_MHA_PARAMS, args))
             need = kwargs.get("need_weights", True)
             average = kwargs.get("average_attn_weights", True)
             kwargs["need_weights"], kwargs["average_attn_weights"] = True, False
-            out, weights = func(**kwargs)
-            probs = weights if weights.ndim == 4 else weights[None]
-            self._record(probs)
+            out, w = func(**kwargs)
+            # the weights torch returns are a view of the probabilities its output was
+            # computed from; that tensor (their base) is the one in the graph
+            base = w._base
+            leaf = base if base is not None and base.numel() == w.numel() else w
+            self._record(w if w.ndim == 4 else w[None], leaf)
             if not need:
                 return out, None
-            return out, (weights.mean(-3) if average else weights)
+            return out, (w.mean(-3) if average else w)
         result = func(*args, **kwargs)
         if func in _SOFTMAX and isinstance(result, torch.Tensor) and result.ndim >= 2 and \
                 _last_dim(args, kwargs) and result.shape[-1] == result.shape[-2]:
             self._record(result)
         return result
 
-    def _record(self, probs: torch.Tensor) -> None:
+    def _record(self, probs: torch.Tensor, leaf: Optional[torch.Tensor] = None) -> None:
         if probs.ndim == 2:  # (T, S): one head, one row
             probs = probs[None, None]
         elif probs.ndim == 3:  # (B, T, S): one head
             probs = probs[:, None]
         elif probs.ndim > 4:
             probs = probs.reshape((-1,) + tuple(probs.shape[-3:]))
-        self.state["active"][-1][1].append(probs)
+        self.state["active"][-1][1].append((probs, probs if leaf is None else leaf))
 
 
 def _last_dim(args: tuple, kwargs: dict) -> bool:
@@ -149,9 +153,24 @@ _MHA_PARAMS: Dict[str, Any] = {n: None for n in (
     "static_k", "static_v", "average_attn_weights", "is_causal")}
 
 
+class Captured(list):
+    """The recorded probabilities ``(B, heads, T, S)``, one per attention-module call, in
+    call order; ``leaves[i]`` is the tensor of the graph holding the same values (item
+    ``i`` itself, or for ``nn.MultiheadAttention`` the tensor it is a view of):
+    differentiate w.r.t. it and reshape the gradient to ``item.shape``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leaves: List[torch.Tensor] = []
+
+    def add(self, probs: torch.Tensor, leaf: torch.Tensor) -> None:  # noqa: D102
+        self.append(probs)
+        self.leaves.append(leaf)
+
+
 @contextlib.contextmanager
 def capture_attention(modules: Sequence[nn.Module],
-                      names: Optional[Sequence[str]] = None) -> Iterator[List[torch.Tensor]]:
+                      names: Optional[Sequence[str]] = None) -> Iterator[Captured]:
     """Record the attention probabilities of each call of ``modules`` during the block.
 
     Parameters
@@ -163,8 +182,8 @@ def capture_attention(modules: Sequence[nn.Module],
 
     Yields
     ------
-    list of torch.Tensor
-        Filled during the forward pass, in call order: one ``(B, heads, T, S)`` tensor of
+    Captured
+        A list of torch.Tensor, filled during the forward pass, in call order: one ``(B, heads, T, S)`` tensor of
         probabilities (rows sum to 1; dtype of the model) per attention-module call.
 
     Raises
@@ -173,7 +192,7 @@ def capture_attention(modules: Sequence[nn.Module],
         When a module call computes no, or more than one, attention matrix.
     """
     names = list(names) if names is not None else [type(m).__name__ for m in modules]
-    probs: List[torch.Tensor] = []
+    probs = Captured()
     state: dict = {"active": []}
 
     def pre(module: nn.Module, args: tuple) -> None:
@@ -188,7 +207,7 @@ def capture_attention(modules: Sequence[nn.Module],
             raise ValueError(f"attention module {name!r} computed {len(got)} attention "
                              f"matrices in one call (need exactly 1); pass the modules "
                              f"that compute one as `attention_layers`")
-        probs.append(got[0])
+        probs.add(*got[0])
 
     handles = []
     try:
@@ -199,7 +218,9 @@ def capture_attention(modules: Sequence[nn.Module],
             yield probs
         # the pass stopped inside an attention module, or in its hooks (the target layer
         # is the module itself), after its attention was computed: that one counts too
-        probs.extend(got[0] for _, got in state["active"] if len(got) == 1)
+        for _, got in state["active"]:
+            if len(got) == 1:
+                probs.add(*got[0])
     finally:
         for h in handles:
             h.remove()
