@@ -258,3 +258,33 @@ def test_no_attention_before_the_target_is_one_clear_error(tv_vit, shapenet):
 def test_parameter_errors(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         rollout(tiny([torch.zeros(1, 5, 5)]), n=1, **kw)
+
+
+def test_chefer_on_torchvision_equals_an_explicit_forward(tv_vit):
+    """The torchvision ViT written out with explicit attention (probabilities kept)."""
+    m = tv_vit.model
+    x = m._process_input(X32[:2])
+    x = torch.cat([m.class_token.expand(len(x), -1, -1), x], 1) + m.encoder.pos_embedding
+    kept = []
+    for blk in m.encoder.layers:
+        att, y = blk.self_attention, blk.ln_1(x)
+        b, t, d = y.shape
+        q, k, v = (z.reshape(b, t, 2, d // 2).transpose(1, 2)
+                   for z in F.linear(y, att.in_proj_weight, att.in_proj_bias).chunk(3, -1))
+        a = (q @ k.transpose(-2, -1) / (d // 2) ** 0.5).softmax(-1)
+        a.retain_grad()
+        kept.append(a)
+        o = att.out_proj((a @ v).transpose(1, 2).reshape(b, t, d))
+        x = x + o
+        x = x + blk.mlp(blk.ln_2(x))
+    logits = m.heads(m.encoder.ln(x)[:, 0])
+    np.testing.assert_allclose(logits.detach().numpy(), m(X32[:2]).detach().numpy(),
+                               atol=1e-5)
+    logits[:, 1].sum().backward()
+    r = torch.eye(17).expand(2, 17, 17)
+    for a in kept:
+        r = r + (a.grad * a).clamp(min=0).mean(1) @ r
+    got = saliency(tv_vit, X32[:2], "chefer", "heads", 2, preprocessed=True, upsample=False)
+    np.testing.assert_allclose(got, r[:, 0, 1:].reshape(2, 4, 4).detach().numpy(),
+                               rtol=1e-4, atol=1e-7)
+    assert np.abs(got).max() > 0
