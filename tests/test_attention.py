@@ -288,3 +288,11 @@ def test_chefer_on_torchvision_equals_an_explicit_forward(tv_vit):
     np.testing.assert_allclose(got, r[:, 0, 1:].reshape(2, 4, 4).detach().numpy(),
                                rtol=1e-4, atol=1e-7)
     assert np.abs(got).max() > 0
+
+
+def test_a_config_may_name_every_parameter():
+    from dnnbrain.batch.checks import method_param_names
+    for name in ("rollout", "chefer"):
+        names = method_param_names(name, {})
+        assert {"attention_layers", "token", "grid", "prefix_tokens", "upsample"} <= set(names)
+    assert "head_fusion" in method_param_names("rollout", {})

@@ -235,8 +235,14 @@ class AttentionRollout(_AttentionMap):
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
                  batch_size: Optional[int] = None, *, head_fusion: str = "mean",
-                 **kwargs: Any) -> None:
-        super().__init__(dnn, from_layer, from_chn, batch_size, **kwargs)
+                 attention_layers: Optional[Sequence[str]] = None, token: Any = "auto",
+                 grid: Optional[Tuple[int, int]] = None,
+                 prefix_tokens: Optional[int] = None, upsample: bool = True,
+                 memory_budget: Budget = None) -> None:
+        super().__init__(dnn, from_layer, from_chn, batch_size,
+                         attention_layers=attention_layers, token=token, grid=grid,
+                         prefix_tokens=prefix_tokens, upsample=upsample,
+                         memory_budget=memory_budget)
         if head_fusion not in HEAD_FUSION:
             raise ValueError(f"`head_fusion` must be one of {list(HEAD_FUSION)}, got "
                              f"{head_fusion!r}")
