@@ -231,6 +231,10 @@ def test_chefer_depends_on_the_unit_rollout_does_not(tv_vit):
                  upsample=False)
     r = saliency(tv_vit, X32[:1], "rollout", "heads", [1, 2], preprocessed=True)
     assert not np.allclose(c[0, 0], c[0, 1]) and np.array_equal(r[0, 0], r[0, 1])
+    # the target may be an attention module itself: its own attention is used
+    at = saliency(tv_vit, X32[:1], "rollout", "encoder.layers.encoder_layer_1.self_attention",
+                  1, preprocessed=True)
+    np.testing.assert_allclose(at[0], r[0, 0], rtol=1e-6)
     inner = saliency(tv_vit, X32[:1], "chefer", "encoder.layers.encoder_layer_1", 3,
                      preprocessed=True, upsample=False)
     assert inner.shape == (1, 4, 4) and np.isfinite(inner).all()
