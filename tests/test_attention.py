@@ -300,3 +300,17 @@ def test_a_config_may_name_every_parameter():
         names = method_param_names(name, {})
         assert {"attention_layers", "token", "grid", "prefix_tokens", "upsample"} <= set(names)
     assert "head_fusion" in method_param_names("rollout", {})
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_a_caller_asking_for_weights_gets_the_same_weights(average):
+    torch.manual_seed(6)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        ref = mha(x, x, x, need_weights=True, average_attn_weights=average)
+        with capture_attention([mha]) as probs:
+            got = mha(x, x, x, need_weights=True, average_attn_weights=average)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    assert probs[0].shape == (2, 2, 5, 5) and hook_dicts_empty(mha)
