@@ -296,6 +296,9 @@ def test_chefer_on_torchvision_equals_an_explicit_forward(tv_vit):
 
 def test_a_config_may_name_every_parameter():
     from dnnbrain.batch.checks import method_param_names
+    from dnnbrain.dnn.algo import get_method
+    assert get_method("rollout") is AttentionRollout
+    assert get_method("chefer") is AttentionRelevance
     for name in ("rollout", "chefer"):
         names = method_param_names(name, {})
         assert {"attention_layers", "token", "grid", "prefix_tokens", "upsample"} <= set(names)

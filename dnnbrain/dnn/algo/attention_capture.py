@@ -183,8 +183,9 @@ def capture_attention(modules: Sequence[nn.Module],
     Yields
     ------
     Captured
-        A list of torch.Tensor, filled during the forward pass, in call order: one ``(B, heads, T, S)`` tensor of
-        probabilities (rows sum to 1; dtype of the model) per attention-module call.
+        A list of torch.Tensor, filled during the forward pass, in call order: one
+        ``(B, heads, T, S)`` tensor of probabilities (rows sum to 1; dtype of the model)
+        per attention-module call (see :class:`Captured` for their gradients).
 
     Raises
     ------
