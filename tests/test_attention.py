@@ -258,6 +258,8 @@ def test_no_attention_before_the_target_is_one_clear_error(tv_vit, shapenet):
     ({"attention_layers": "blocks.0.attn"}, "`attention_layers` must be a non-empty list"),
     ({"attention_layers": ["nope"]}, "`attention_layers` must be one of"),
     ({"grid": (3, 3)}, "`grid` .* do not fit 5 tokens"),
+    ({"attention_layers": ["blocks.0.mlp"]}, "^attention module 'blocks.0.mlp' computed 0 "
+                                             "attention matrices in one call"),
 ])
 def test_parameter_errors(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
