@@ -29,6 +29,8 @@ METHODS: Dict[str, str] = {
     "scorecam": "cam:ScoreCAM",
     "occlusion": "occlusion:Occlusion",
     "upsampled_activation": "occlusion:UpsampledActivation",
+    "rollout": "attention:AttentionRollout",
+    "chefer": "attention:AttentionRelevance",
 }
 
 
