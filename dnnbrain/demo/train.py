@@ -1,8 +1,11 @@
-"""Train :class:`~dnnbrain.demo.net.ShapeCNN` on generated shape images.
+"""Train the demo networks on generated shape images: :class:`~dnnbrain.demo.net.ShapeCNN`
+(``ShapeNet``) or :func:`~dnnbrain.demo.vit.shape_vit` (``ShapeViT``).
 
 Run as::
 
     python -m dnnbrain.demo.train --out dnnbrain/data/shapenet.pth
+    python -m dnnbrain.demo.train --arch vit --epochs 30 --lr 1e-3 \
+        --out dnnbrain/data/shapevit.pth
 
 The training set is generated in memory from ``--seed``, the validation set from
 ``--seed + 1``; neither touches the test seed (12345) used by the test suite. The saved
@@ -23,6 +26,10 @@ from torch import nn
 from ..dnn.zoo import get_spec
 from .net import ShapeCNN
 from .shapes import make_dataset
+from .vit import shape_vit
+
+#: The demo architectures :func:`train_model` trains.
+ARCHS = ("cnn", "vit")
 
 __all__ = ["normalise", "evaluate", "train_model", "main"]
 
@@ -97,8 +104,10 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train_model(images: np.ndarray, labels: np.ndarray, *, epochs: int = 12,
                 batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                val: tuple[np.ndarray, np.ndarray] | None = None) -> ShapeCNN:
-    """Train a fresh :class:`ShapeCNN` with Adam and a one-cycle (warm-up, cosine decay) schedule.
+                val: tuple[np.ndarray, np.ndarray] | None = None,
+                arch: str = "cnn") -> nn.Module:
+    """Train a fresh demo network with a one-cycle (warm-up, cosine decay) schedule:
+    :class:`ShapeCNN` with Adam, or the demo ViT with AdamW (weight decay 0.05).
 
     Parameters
     ----------
@@ -116,19 +125,24 @@ def train_model(images: np.ndarray, labels: np.ndarray, *, epochs: int = 12,
         Seeds weight initialisation, shuffling and augmentation.
     val : tuple of numpy.ndarray or None
         ``(images, labels)`` whose accuracy is logged after every epoch.
+    arch : {'cnn', 'vit'}
+        Which demo network.
 
     Returns
     -------
-    ShapeCNN
+    torch.nn.Module
         The trained network, in eval mode.
     """
+    if arch not in ARCHS:
+        raise ValueError(f"`arch` must be one of {list(ARCHS)}, got {arch!r}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = ShapeCNN()
+    model = ShapeCNN() if arch == "cnn" else shape_vit()
     data = torch.as_tensor(images)
     target = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = (torch.optim.Adam(model.parameters(), lr=lr) if arch == "cnn" else
+           torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
                                                 pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss()
@@ -172,8 +186,10 @@ def _number(kind: type, minimum: float = 0.0, strict: bool = True):
 def _parser() -> argparse.ArgumentParser:
     """Command-line interface of :func:`main`."""
     p = argparse.ArgumentParser(prog="python -m dnnbrain.demo.train",
-                                description="Train the dnnbrain demo ShapeCNN on "
-                                            "generated shape images.")
+                                description="Train a dnnbrain demo network (ShapeCNN "
+                                            "or ShapeViT) on generated shape images.")
+    p.add_argument("--arch", choices=ARCHS, default="cnn",
+                   help="cnn: ShapeNet (ShapeCNN); vit: ShapeViT (default cnn)")
     p.add_argument("--out", type=Path, default=Path("dnnbrain/data/shapenet.pth"),
                    help="output state_dict file (default: %(default)s)")
     p.add_argument("--seed", type=_number(int, 0, strict=False), default=0,
@@ -217,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  args.n_train, args.n_val, args.seed, args.seed + 1,
                  time.perf_counter() - start)
         model = train_model(images, labels, epochs=args.epochs, batch_size=args.batch_size,
-                            lr=args.lr, seed=args.seed, val=val)
+                            lr=args.lr, seed=args.seed, val=val, arch=args.arch)
         acc = evaluate(model, *val)
         state = {k: v.detach().to(torch.float32).contiguous().clone()
                  for k, v in model.state_dict().items()}

@@ -346,6 +346,9 @@ def _build_module(spec: zoo.NetSpec) -> nn.Module:
     if spec.builder == "dnnbrain.demo":
         from ..demo.net import ShapeCNN
         return ShapeCNN()
+    if spec.builder == "dnnbrain.demo.vit":
+        from ..demo.vit import shape_vit
+        return shape_vit()
     import torchvision.models as tvm
     return getattr(tvm, spec.builder)(weights=None, **spec.builder_kwargs)
 
@@ -414,7 +417,7 @@ def build_network(name: str, pretrained: bool = True, weights: Optional[PathLike
     model.eval()
     dnn = DNN(model, spec.layers, ImageTransform(spec.img_size, spec.mean, spec.std),
               img_size=spec.img_size, name=spec.name, stem=spec.stem, channels_last=True)
-    if spec.builder == "dnnbrain.demo":
+    if spec.builder.startswith("dnnbrain.demo"):
         dnn.classes = list(zoo.SHAPENET_CLASSES)
     if device is not None:
         dnn.to(device)

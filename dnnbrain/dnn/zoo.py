@@ -136,6 +136,18 @@ _INCEPTION = {
     "avgpool": "avgpool", "fc": "fc",
 }
 
+def _vit(blocks: int) -> Dict[str, str]:
+    """torchvision ViT table: ``patch_embed`` (the patch convolution), ``block<k>`` (from 1)
+    with its ``block<k>_attn`` (self-attention) and ``block<k>_mlp``, ``norm``, ``head``."""
+    table = {"patch_embed": "conv_proj"}
+    for k in range(1, blocks + 1):
+        path = f"encoder.layers.encoder_layer_{k - 1}"
+        table.update({f"block{k}": path, f"block{k}_attn": f"{path}.self_attention",
+                      f"block{k}_mlp": f"{path}.mlp"})
+    table.update({"norm": "encoder.ln", "head": "heads.head"})
+    return table
+
+
 # The demo network (dnnbrain.demo.net.ShapeCNN) is an nn.Sequential whose children
 # carry these names, so each name is its own module path.
 SHAPENET_LAYERS = [
@@ -174,6 +186,8 @@ NETWORKS: Dict[str, NetSpec] = {s.name.lower(): s for s in [
     NetSpec("ShapeNet", "dnnbrain.demo", {n: n for n in SHAPENET_LAYERS}, "shapenet.pth",
             None, img_size=64,
             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), stem="conv1"),
+    NetSpec("ShapeViT", "dnnbrain.demo.vit", _vit(4), "shapevit.pth", None, img_size=64,
+            mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
 ]}
 
 
