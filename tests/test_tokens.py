@@ -22,8 +22,10 @@ pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 #: agreement after pytorch-grad-cam's per-image min-max normalisation, absolute on 0..1
-#: (its cv2 resize of the normalised low-res map vs our torch resize, then min-max)
+#: (its cv2 resize of the normalised low-res map vs our torch resize, then min-max;
+#: measured on the small nets: Grad-CAM <= 5e-7, Score-CAM <= 3e-5)
 TOL = 1e-4
+TOLS = {"GradCAM": 1e-5, "ScoreCAM": 1e-4}
 
 
 def minmax(maps: np.ndarray) -> np.ndarray:
@@ -183,6 +185,11 @@ def test_default_cam_layers(vit, swin, x32):
     assert GradCAM(vit, "encoder.layers.encoder_layer_1", 3).resolve_cam_layer(
         x32, preprocessed=True) == "encoder.layers.encoder_layer_0"
     assert GradCAM(swin, "head", 3).resolve_cam_layer(x32, preprocessed=True) == "norm"
+    default = GradCAM(vit, "heads", 3).backprop(x32, preprocessed=True)
+    dotted = GradCAM(vit, "heads", 3, cam_layer="encoder.layers.encoder_layer_1.ln_1")
+    np.testing.assert_array_equal(dotted.backprop(x32, preprocessed=True), default)
+    last = GradCAM(vit, "heads", 3, cam_layer="encoder.layers.encoder_layer_1")
+    assert np.abs(last.backprop(x32, preprocessed=True)).max() == 0  # no patch gradient
     assert hook_dicts_empty(vit.model) and hook_dicts_empty(swin.model)
 
 
@@ -192,7 +199,7 @@ def test_small_vit_matches_pytorch_grad_cam(vit, x32, cls):
     block = vit.model.encoder.layers.encoder_layer_1
     ref = reference(cls, vit.model, block.ln_1, vit_reshape((4, 4)), x32, 4)
     assert ours.shape == (2, 32, 32) and ours.max() > 0
-    np.testing.assert_allclose(minmax(ours), ref, atol=TOL)
+    np.testing.assert_allclose(minmax(ours), ref, atol=TOLS[cls.__name__])
     assert hook_dicts_empty(vit.model)
 
 
@@ -200,7 +207,7 @@ def test_small_vit_matches_pytorch_grad_cam(vit, x32, cls):
 def test_small_swin_matches_pytorch_grad_cam(swin, x32, cls):
     ours = cls(swin, "head", 2, batch_size=16).backprop(x32, preprocessed=True)
     ref = reference(cls, swin.model, swin.model.norm, swin_reshape, x32, 2)
-    np.testing.assert_allclose(minmax(ours), ref, atol=TOL)
+    np.testing.assert_allclose(minmax(ours), ref, atol=TOLS[cls.__name__])
     assert hook_dicts_empty(swin.model)
 
 
