@@ -281,3 +281,8 @@ def test_swin_t_gradcam_matches_pytorch_grad_cam(x224):
     ref = reference(GradCAM, dnn.model, dnn.model.norm, swin_reshape, x224, 5)
     np.testing.assert_allclose(minmax(ours), ref, atol=TOL)
     assert hook_dicts_empty(dnn.model)
+
+
+def test_cls_unit_text():
+    from dnnbrain.batch.plan import unit_text
+    assert unit_text(("cls", 3)) == "cls_3" and unit_text((3, 1, 2)) == "3_1_2"
