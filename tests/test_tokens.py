@@ -286,3 +286,33 @@ def test_swin_t_gradcam_matches_pytorch_grad_cam(x224):
 def test_cls_unit_text():
     from dnnbrain.batch.plan import unit_text
     assert unit_text(("cls", 3)) == "cls_3" and unit_text((3, 1, 2)) == "3_1_2"
+
+
+def test_timm_vit_register_tokens_and_swin(x32):
+    """timm: num_prefix_tokens (class + 4 registers) and NHWC Swin; default CAM layers
+    (the last block's norm1, not its fused qkv; the final norm) agree with
+    pytorch-grad-cam there."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = DNN(timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                            num_heads=2, reg_tokens=4, num_classes=10).eval())
+    cam = GradCAM(vit, "head", 3)
+    assert cam.resolve_cam_layer(x32, preprocessed=True) == "blocks.1.norm1"
+
+    def drop5(t):
+        return t[:, 5:].reshape(t.size(0), 4, 4, t.size(2)).permute(0, 3, 1, 2)
+    ref = reference(GradCAM, vit.model, vit.model.blocks[1].norm1, drop5, x32, 3)
+    np.testing.assert_allclose(minmax(cam.backprop(x32, preprocessed=True)), ref,
+                               atol=TOLS["GradCAM"])
+    out = VanillaSaliencyImage(vit, "blocks.0", 1).layer_output(x32, "blocks.0")
+    torch.testing.assert_close(scores(vit, "blocks.0", ("cls", 2), x32), out[:, 0, 1])
+    torch.testing.assert_close(scores(vit, "blocks.0", 2, x32), out[:, 5:, 1].mean(1))
+    swin = DNN(timm.models.SwinTransformer(img_size=32, patch_size=4, embed_dim=16,
+                                           depths=(1, 1), num_heads=(1, 2), window_size=2,
+                                           num_classes=10).eval())
+    cam = GradCAM(swin, "head", 3)
+    assert cam.resolve_cam_layer(x32, preprocessed=True) == "norm"
+    ref = reference(GradCAM, swin.model, swin.model.norm, swin_reshape, x32, 3)
+    np.testing.assert_allclose(minmax(cam.backprop(x32, preprocessed=True)), ref,
+                               atol=TOLS["GradCAM"])
+    assert hook_dicts_empty(vit.model) and hook_dicts_empty(swin.model)

@@ -102,12 +102,18 @@ def prefix_count(model: nn.Module) -> Optional[int]:
     return count
 
 
-def patch_stride(model: nn.Module) -> Optional[Tuple[int, int]]:
-    """Stride of the patch embedding: the first Conv2d whose stride equals its kernel."""
+def patch_embed(model: nn.Module) -> Optional[nn.Conv2d]:
+    """The patch embedding: the first Conv2d whose stride equals its kernel, or None."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and tuple(m.stride) == tuple(m.kernel_size):
-            return tuple(m.stride)
+            return m
     return None
+
+
+def patch_stride(model: nn.Module) -> Optional[Tuple[int, int]]:
+    """Stride ``(sh, sw)`` of the patch embedding (:func:`patch_embed`), or None."""
+    m = patch_embed(model)
+    return None if m is None else tuple(m.stride)
 
 
 def _nhwc(model: nn.Module, path: str, module: nn.Module) -> bool:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import DNN
-from ..tokens import grid_map, layout_of, patches
+from ..tokens import grid_map, layout_of, patch_embed, patches
 from .budget import Budget
 from .engine import SaliencyImage
 from .passes import perturbed_scores
@@ -54,7 +54,9 @@ class _CAM(SaliencyImage):
         ``cam_layer`` when given (checked to run before the target layer, or to be it).
         Otherwise, in a transformer (a layer before the target gives a token sequence
         or channels-last map on a known patch grid, see :mod:`dnnbrain.dnn.tokens`):
-        the last such token layer, outside the target module, whose patch tokens still
+        the last such token layer (token sequences: of the patch embedding's width, so
+        not a fused q/k/v projection or an MLP's hidden layer), outside the target
+        module, whose patch tokens still
         influence the target (non-zero gradient of the target unit for the first
         image; one extra forward and backward pass). For a ViT read out from its class
         token this is the input of the last block's attention (torchvision
@@ -138,6 +140,8 @@ class _CAM(SaliencyImage):
         """The default CAM layer of a transformer (see :meth:`resolve_cam_layer`), or
         None when no token layer on a known grid runs before the target."""
         inside = {id(m) for m in target.modules()}
+        embed = patch_embed(self.dnn.model)  # a ViT's residual width: q/k/v, MLP left out
+        width = None if embed is None else embed.out_channels
         cands, done = [], set()
         for m in ran:  # finish order
             if id(m) in done or id(m) in inside or id(m) not in shapes:
@@ -146,7 +150,8 @@ class _CAM(SaliencyImage):
             name = self._name_of(m)
             lay = layout_of(self.dnn, name, torch.empty(shapes[id(m)], device="meta"),
                             tuple(x.shape[-2:]))
-            if lay is not None and lay.grid is not None:
+            if lay is not None and lay.grid is not None and not (
+                    lay.layout == "tokens" and width and shapes[id(m)][-1] != width):
                 cands.append((name, m, lay))
         if not cands:
             return None
