@@ -55,11 +55,12 @@ def unit_folder(unit: Any) -> str:
 
 
 def unit_text(unit: Any, short: bool = False) -> str:
-    """A unit as text: ``'3'``, ``'predicted'`` (``'pred'`` with ``short``), ``'3_4_5'``."""
+    """A unit as text: ``'3'``, ``'predicted'`` (``'pred'`` with ``short``), ``'3_4_5'``,
+    ``'cls_3'``."""
     if unit == "predicted":
         return "pred" if short else "predicted"
     if isinstance(unit, (list, tuple)):
-        return "_".join(str(int(v)) for v in unit)
+        return "_".join(v if isinstance(v, str) else str(int(v)) for v in unit)
     return str(int(unit))
 
 

@@ -23,6 +23,7 @@ from ..dnn.algo.calls import call_index
 from ..dnn.algo.engine import eval_mode
 from ..dnn.algo.registry import make_method
 from ..dnn.algo.target import predicted_units, select
+from ..dnn.tokens import layout_of
 from .build import runtime_device
 from .config import Prepared, prepare
 from .gallery import write_index
@@ -121,10 +122,11 @@ def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
                 if tg["layer"] != layer or not isinstance(out, torch.Tensor):
                     continue
                 acts, actual = [], []
+                lay = layout_of(dnn, layer, out, tuple(x.shape[-2:]))
                 for u in tg["units"]:
                     uu = tuple(u) if isinstance(u, list) else u
-                    acts.append(select(out, [uu], layer, tg["reduce"]))
-                    actual.append([str(v) for v in predicted_units(out, tg["reduce"])]
+                    acts.append(select(out, [uu], layer, tg["reduce"], lay))
+                    actual.append([str(v) for v in predicted_units(out, tg["reduce"], lay)]
                                   if u == "predicted" else [unit_text(u)] * len(out))
                 calls.setdefault(t, []).append((torch.stack(acts, 1).float().cpu().numpy(),
                                                 actual))

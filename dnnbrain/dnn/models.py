@@ -20,6 +20,7 @@ from torch import nn
 
 from . import timmnets, zoo
 from .base import ImageTransform
+from .tokens import TokenLayout, check_layouts  # noqa: F401  (TokenLayout: re-export)
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -61,6 +62,12 @@ class DNN:
         (see :attr:`dnnbrain.dnn.algo.SaliencyImage.channels_last`). True for the named
         networks; False by default for your own models.
 
+    token_layouts : dict or None
+        ``{layer: TokenLayout(layout, prefix, grid)}`` for layers whose token-sequence
+        ``(N, L, C)`` or channels-last ``(N, H, W, C)`` output the rules of
+        :mod:`dnnbrain.dnn.tokens` do not recognise (torchvision ViT/Swin and timm
+        models need none).
+
     Attributes
     ----------
     layers : list of str
@@ -71,7 +78,8 @@ class DNN:
     def __init__(self, model: nn.Module, layers: Union[Mapping[str, str], Sequence[str], None]
                  = None, test_transform: Optional[ImageTransform] = None,
                  img_size: Optional[int] = None, name: Optional[str] = None,
-                 stem: Optional[str] = None, channels_last: bool = False) -> None:
+                 stem: Optional[str] = None, channels_last: bool = False,
+                 token_layouts: Optional[Mapping[str, "TokenLayout"]] = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -94,6 +102,7 @@ class DNN:
         if not isinstance(channels_last, bool):
             raise TypeError(f"`channels_last` must be a bool, got {channels_last!r}")
         self.channels_last = channels_last
+        self.token_layouts = check_layouts(self, token_layouts)
 
     @property
     def layers(self) -> List[str]:

@@ -121,7 +121,8 @@ def make_scorer(model: Any, images: torch.Tensor, units: Any = None,
             with torch.no_grad():
                 outs = [method.layer_output(images[i:i + 64].to(dev), method.layer)
                         for i in range(0, n, 64)]
-            pred = predicted_units(torch.cat(outs), method.reduce)
+            out = torch.cat(outs)
+            pred = predicted_units(out, method.reduce, method.target_layout(out, images[:1]))
             ulist = [pred[i] if isinstance(u, str) else u for i, u in enumerate(ulist)]
         if softmax:
             def score(x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:

@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import DNN
+from ..tokens import grid_map, layout_of, patch_embed, patches
 from .budget import Budget
 from .engine import SaliencyImage
 from .passes import perturbed_scores
 from .checks import no_to_layer
-from .target import Unit, static_size
+from .target import Unit, select, static_size
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,22 @@ class _CAM(SaliencyImage):
     def resolve_cam_layer(self, image: Any, preprocessed: bool = False) -> str:
         """The CAM layer used for the current target and ``image``.
 
-        ``cam_layer`` when given (checked to run before the target layer, or to be it);
-        otherwise the last ``nn.Conv2d`` (other than the target module itself) whose
-        forward call finishes before the target layer's output exists, in the model's
-        actual forward order: found once per target layer by a no-grad forward of one
-        image with a hook on every module, stopped at the target layer.
+        ``cam_layer`` when given (checked to run before the target layer, or to be it).
+        Otherwise, in a transformer (a layer before the target gives a token sequence
+        or channels-last map on a known patch grid, see :mod:`dnnbrain.dnn.tokens`):
+        the last such token layer (token sequences: of the patch embedding's width, so
+        not a fused q/k/v projection or an MLP's hidden layer), outside the target
+        module, whose patch tokens still
+        influence the target (non-zero gradient of the target unit for the first
+        image; one extra forward and backward pass). For a ViT read out from its class
+        token this is the input of the last block's attention (torchvision
+        ``vit_b_16``: ``encoder.layers.encoder_layer_11.ln_1``; the last block's patch
+        outputs get no gradient), for torchvision Swin its ``norm``, for a target
+        inside block ``k`` the end of block ``k - 1``. Otherwise (CNNs) the last
+        ``nn.Conv2d`` (other than the target module itself) whose forward call
+        finishes before the target layer's output exists, in the model's actual forward
+        order. Found once per target layer by a no-grad forward of one image with a hook
+        on every module, stopped at the target layer.
 
         Parameters
         ----------
@@ -82,13 +94,19 @@ class _CAM(SaliencyImage):
             return self._resolved[self.layer, self.call]
         target = self.dnn.layer2module(self.layer)
         ran: List[nn.Module] = []
+        shapes: Dict[int, torch.Size] = {}
+
+        def seen(mod: nn.Module, inp: Any, out: Any) -> None:
+            ran.append(mod)
+            if isinstance(out, torch.Tensor):
+                shapes[id(mod)] = out.shape
+
         with self._hooks(x=x[:1]) as cap, torch.no_grad():  # eval mode, stop at the target
             handles = []
             try:
                 for m in self.dnn.model.modules():
                     if m is not target:
-                        handles.append(m.register_forward_hook(
-                            lambda mod, inp, out: ran.append(mod)))
+                        handles.append(m.register_forward_hook(seen))
                 self._forward(x[:1])
             finally:
                 for h in handles:
@@ -104,15 +122,70 @@ class _CAM(SaliencyImage):
                                  f"{before + [self.layer]}, got {self.cam_layer!r}")
             name = self.cam_layer
         else:
+            name = self._token_default(x[:1], ran, shapes, target)
             convs = [m for m in ran if isinstance(m, nn.Conv2d)]
-            if not convs:
+            if name is not None:
+                convs = []
+            elif not convs:
                 raise ValueError(f"no Conv2d runs before the target layer {self.layer!r}; "
                                  f"pass `cam_layer`, one of {before}")
-            name = self._name_of(convs[-1])
+            name = name if name is not None else self._name_of(convs[-1])
             log.info("%s: cam_layer %r for target layer %r", type(self).__name__, name,
                      self.layer)
         self._resolved[self.layer, self.call] = name
         return name
+
+    def _token_default(self, x: torch.Tensor, ran: List[nn.Module],
+                       shapes: Dict[int, torch.Size], target: nn.Module) -> Optional[str]:
+        """The default CAM layer of a transformer (see :meth:`resolve_cam_layer`), or
+        None when no token layer on a known grid runs before the target."""
+        inside = {id(m) for m in target.modules()}
+        embed = patch_embed(self.dnn.model)  # a ViT's residual width: q/k/v, MLP left out
+        width = None if embed is None else embed.out_channels
+        cands, done = [], set()
+        for m in ran:  # finish order
+            if id(m) in done or id(m) in inside or id(m) not in shapes:
+                continue
+            done.add(id(m))
+            name = self._name_of(m)
+            lay = layout_of(self.dnn, name, torch.empty(shapes[id(m)], device="meta"),
+                            tuple(x.shape[-2:]))
+            if lay is not None and lay.grid is not None and not (
+                    lay.layout == "tokens" and width and shapes[id(m)][-1] != width):
+                cands.append((name, m, lay))
+        if not cands:
+            return None
+        outs: Dict[int, torch.Tensor] = {}
+
+        def keep(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
+            outs[id(mod)] = out
+
+        with self._hooks(x=x) as cap, torch.enable_grad():
+            handles = [m.register_forward_hook(keep) for _, m, _ in cands]
+            try:
+                self._forward(x.detach().requires_grad_(True))
+            finally:
+                for h in handles:
+                    h.remove()
+            out = self._target_output(cap)
+            score = select(out, self.units[:1], self.layer, self.reduce,
+                           self.target_layout(out, x))
+            live = [(c, outs[id(c[1])]) for c in cands if id(c[1]) in outs and
+                    outs[id(c[1])].requires_grad]
+            grads = torch.autograd.grad(score.sum(), [t for _, t in live],
+                                        allow_unused=True) if live else []
+        for ((name, _, lay), _), g in reversed(list(zip(live, grads))):
+            if g is not None and bool(patches(g, lay).abs().amax() > 0):
+                return name
+        log.warning("%s: no token layer's patch tokens get a gradient from the target "
+                    "%r for this image (a zero head?); cam_layer %r", type(self).__name__,
+                    self.layer, cands[-1][0])
+        return cands[-1][0]
+
+    def _grid(self, t: torch.Tensor, cam: str, x: torch.Tensor) -> torch.Tensor:
+        """The CAM layer's output (or its gradient) as ``(B, C, h, w)``: a token layer's
+        patch tokens on their grid (prefix tokens dropped), anything else as it is."""
+        return grid_map(self.dnn, cam, t, tuple(x.shape[-2:]))
 
     def check_input(self, shape: Tuple[int, ...]) -> None:
         """:meth:`SaliencyImage.check_input`, and that the CAM layer runs before the
@@ -121,7 +194,7 @@ class _CAM(SaliencyImage):
         super().check_input(shape)
         x = self._probe(shape)
         cam = self._cam_name(x)
-        self._check_4d(self.layer_output(x, cam), cam)
+        self._check_4d(self._grid(self.layer_output(x, cam), cam, x), cam)
 
     def _name_of(self, module: nn.Module) -> str:
         for name in self.dnn.layers:
@@ -151,6 +224,7 @@ class _CAM(SaliencyImage):
         no_to_layer(to_layer, type(self).__name__)
         cam = self._cam_name(x)
         grad, act = self.gradient(x, units, at_output=cam)
+        grad, act = self._grid(grad, cam, x), self._grid(act, cam, x)
         self._check_4d(act, cam)
         return self._finish(self._weights(grad, act), act, x)
 
@@ -168,12 +242,16 @@ _PARAMS = """
     batch_size : int or None
         Rows per forward pass (None: 32, or what fits in ``memory_budget``).
     cam_layer : str or None
-        Layer whose output ``A`` (``(N, C, h, w)``) the map is built on; it must run
-        before the target layer, or be it. None: the last ``nn.Conv2d`` that runs before the target
-        layer in forward order, excluding the target module itself (see
-        :meth:`resolve_cam_layer`). For torchvision ResNets this is ``layer4.1.conv2``
-        (before its batch norm and the residual sum); ``cam_layer='layer4'`` is the
-        common alternative.
+        Layer whose output ``A`` (``(N, C, h, w)``, or a token layer's patch tokens on
+        their ``h x w`` grid, class/register tokens dropped) the map is built on; it must
+        run before the target layer, or be it. None: for CNNs the last ``nn.Conv2d`` that
+        runs before the target layer in forward order, excluding the target module itself;
+        for transformers the last token layer whose patch tokens influence the target
+        (see :meth:`resolve_cam_layer`). For torchvision ResNets this is
+        ``layer4.1.conv2`` (before its batch norm and the residual sum);
+        ``cam_layer='layer4'`` is the common alternative. For torchvision ``vit_b_16``
+        and a class it is ``encoder.layers.encoder_layer_11.ln_1``, for ``swin_t``
+        ``norm``.
     relu : bool
         Apply the ReLU of the CAM (False keeps the signed map).
     upsample : bool
@@ -255,7 +333,7 @@ class ScoreCAM(_CAM):
                    to_layer: Optional[str]) -> torch.Tensor:
         no_to_layer(to_layer, type(self).__name__)
         cam = self._cam_name(x)
-        act = self.layer_output(x, cam)
+        act = self._grid(self.layer_output(x, cam), cam, x)
         self._check_4d(act, cam)
         if any(isinstance(u, str) for u in units):
             units = self.fixed_units(x, units)

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..base import to_input
 from ..models import DNN
+from ..tokens import TokenLayout, layout_of
 from .calls import Call, CallCounts, call_index, check_call, count_calls
 from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
 from .checks import input_shape_error
@@ -252,7 +253,7 @@ class SaliencyImage:
                         raise ValueError(f"{what} {name!r} does not run before the target "
                                          f"layer {self.layer!r}")
                     wrt = cap[key]
-            score = select(out, units, self.layer, self.reduce)
+            score = select(out, units, self.layer, self.reduce, self.target_layout(out, x))
             if weights is not None:
                 score = score * weights.to(score.dtype)
             (grad,) = torch.autograd.grad(score.sum(), wrt, create_graph=create_graph)
@@ -314,7 +315,14 @@ class SaliencyImage:
         """Scores ``(B,)`` of each row's unit, without gradients (forward stops at the layer)."""
         with self._hooks(x=x) as cap, torch.no_grad():
             self._forward(x)
-            return select(self._target_output(cap), units, self.layer, self.reduce)
+            out = self._target_output(cap)
+            return select(out, units, self.layer, self.reduce, self.target_layout(out, x))
+
+    def target_layout(self, out: torch.Tensor, x: torch.Tensor) -> Optional[TokenLayout]:
+        """Token layout of the target layer's output ``out`` for the input ``x``
+        (``(B, 3, H, W)``), or None for an ordinary ``(B, C, ...)`` output
+        (:func:`dnnbrain.dnn.tokens.layout_of`)."""
+        return layout_of(self.dnn, self.layer, out, tuple(x.shape[-2:]))
 
     def layer_output(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         """Output of any ``layer`` for ``x``, without gradients: ``(B, C, ...)`` on the
@@ -341,7 +349,8 @@ class SaliencyImage:
         input ``x``, so every perturbed copy or path point explains the same unit."""
         if not any(isinstance(u, str) for u in units):
             return list(units)
-        return resolve_predicted(self.layer_output(x, self.layer), units, self.reduce)
+        out = self.layer_output(x, self.layer)
+        return resolve_predicted(out, units, self.reduce, self.target_layout(out, x))
 
     def check_input(self, shape: Tuple[int, ...]) -> None:
         """Check, before any work, that this method can run at its target on inputs of

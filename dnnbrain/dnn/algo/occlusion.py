@@ -144,9 +144,10 @@ class Occlusion(SaliencyImage):
         cover_x = _cover(_starts(w, self.window[1], self.stride[1]), self.window[1], w, x)
         ny, nx = len(cover_y), len(cover_x)
         out = self.layer_output(x, self.layer)
-        units = resolve_predicted(out, units, self.reduce)
+        lay = self.target_layout(out, x)
+        units = resolve_predicted(out, units, self.reduce, lay)
         units = list(units) * b if len(units) == 1 else list(units)
-        base = select(out, units, self.layer, self.reduce)
+        base = select(out, units, self.layer, self.reduce, lay)
         nch = ch if self.output == "per_channel" else 1
         chans = torch.arange(ch, device=x.device)[None, :, None, None]
 

@@ -217,10 +217,12 @@ def perturbed_scores(method: SaliencyImage, x: torch.Tensor, units: Sequence[Uni
             k = torch.arange(i, min(i + method.batch_size, total))
             img_cpu = k // n_items
             img_l, img, item = img_cpu.tolist(), img_cpu.to(x.device), (k % n_items).to(x.device)
-            out = method.layer_output(make(first_t[img], item), method.layer)
+            xm = make(first_t[img], item)
+            out = method.layer_output(xm, method.layer)
+            lay = method.target_layout(out, xm)
             for j in range(max(len(s) for s in slots)):  # j-th unit of each image
                 rows = [slots[g][min(j, len(slots[g]) - 1)] for g in img_l]
-                got = select(out, [units[r] for r in rows], method.layer, method.reduce)
+                got = select(out, [units[r] for r in rows], method.layer, method.reduce, lay)
                 keep = torch.tensor([j < len(slots[g]) for g in img_l], device=x.device)
                 rows_t = torch.tensor(rows, device=x.device)
                 scores[rows_t[keep], item[keep]] = got[keep].to(scores.dtype)
