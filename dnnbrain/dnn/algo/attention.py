@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import DNN
+from ..tokens import patch_stride, prefix_count
 from .attention_capture import SEARCHED, attention_modules, capture_attention
 from .budget import Budget
 from .checks import no_to_layer
@@ -111,28 +112,22 @@ class _AttentionMap(SaliencyImage):
         """``(k, h, w)``: ``k`` prefix tokens (class, distillation, register) before an
         ``h x w`` patch grid, for ``n_tokens`` tokens and an input of ``size`` (H, W).
 
-        ``prefix_tokens`` and ``grid`` when given; otherwise the model's own
-        ``num_prefix_tokens`` (timm) or its ``class_token`` (torchvision: 1), and its
-        patch size (``patch_embed.patch_size``, or ``patch_size``): ``(H // p, W // p)``.
+        ``prefix_tokens`` and ``grid`` when given; otherwise the model's prefix count and
+        patch stride as :mod:`dnnbrain.dnn.tokens` finds them (timm's
+        ``num_prefix_tokens``, a ``class_token``; the patch embedding's stride ``p``:
+        ``(H // p, W // p)``).
         What is still unknown is inferred: the grid with the input's aspect ratio for
         ``n_tokens - k`` patches, or the fewest prefix tokens (0..8) leaving a square
         grid. Raises ValueError when the counts do not add up.
         """
         model = self.dnn.model
-        k, grid = self.prefix_tokens, self.grid
-        if k is None:
-            k = getattr(model, "num_prefix_tokens", None)
-            if not _is_int(k):
-                k = 1 if isinstance(getattr(model, "class_token", None), torch.Tensor) \
-                    else None
-        if grid is None:
-            p = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-            p = getattr(model, "patch_size", None) if p is None else p
-            if p is not None:
-                ph, pw = (p, p) if _is_int(p) else tuple(p)
-                grid = (size[0] // ph, size[1] // pw)
-                if k is not None and k + grid[0] * grid[1] != n_tokens:
-                    grid = None
+        k = self.prefix_tokens if self.prefix_tokens is not None else prefix_count(model)
+        grid = self.grid
+        stride = patch_stride(model) if grid is None else None
+        if stride is not None:  # the patch embedding's stride (dnnbrain.dnn.tokens)
+            grid = (size[0] // stride[0], size[1] // stride[1])
+            if k is not None and k + grid[0] * grid[1] != n_tokens:
+                grid = None
         if grid is not None and k is None:
             k = n_tokens - grid[0] * grid[1]
         if grid is None:
@@ -298,7 +293,7 @@ class AttentionRelevance(_AttentionMap):
         no_to_layer(to_layer, type(self).__name__)
         probs, out = self._capture(x, grad=True)
         with torch.enable_grad():
-            score = select(out, units, self.layer, self.reduce)
+            score = select(out, units, self.layer, self.reduce, self.target_layout(out, x))
             grads = torch.autograd.grad(score.sum(), probs.leaves, allow_unused=True)
         grads = [None if g is None else g.reshape(p.shape) for g, p in zip(grads, probs)]
         return self._finish(self.relevance(probs, grads), x)
