@@ -45,7 +45,14 @@ def load_net(name: str, device: torch.device) -> Tuple[DNN, str]:
         except (FileNotFoundError, ValueError) as err:
             log.warning("ShapeNet weights not available (%s); using random weights",
                         str(err).splitlines()[0][:120])
-    return build_network(name, pretrained=False, device=device), "random weights"
+    dnn = build_network(name, pretrained=False, device=device)
+    head = getattr(getattr(dnn.model, "heads", None), "head", None)
+    if isinstance(head, torch.nn.Linear) and not head.weight.any():
+        # torchvision initialises a ViT's head to zeros: every class gradient would be 0
+        with torch.no_grad():
+            head.weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(0))
+        return dnn, "random weights (head re-drawn: N(0, 0.02))"
+    return dnn, "random weights"
 
 
 def make_inputs(dnn: DNN, n: int, seed: int = 0) -> torch.Tensor:

@@ -29,12 +29,12 @@ import torch  # noqa: E402
 import suite  # noqa: E402
 
 log = logging.getLogger("run_all")
-NETS = ("alexnet", "resnet18", "shapenet")
+NETS = ("alexnet", "resnet18", "shapenet", "vit_b_16")
 #: On the CPU, images for the many-pass methods (IG, SmoothGrad, occlusion) / Score-CAM.
-CPU_HEAVY = {"alexnet": 4, "resnet18": 2, "shapenet": 16}
-CPU_SCORECAM = {"alexnet": 0, "resnet18": 1, "shapenet": 16}
-QUICK_HEAVY = {"alexnet": 1, "resnet18": 1, "shapenet": 4}
-QUICK_SCORECAM = {"alexnet": 0, "resnet18": 0, "shapenet": 4}
+CPU_HEAVY = {"alexnet": 4, "resnet18": 2, "shapenet": 16, "vit_b_16": 2}
+CPU_SCORECAM = {"alexnet": 0, "resnet18": 1, "shapenet": 16, "vit_b_16": 0}
+QUICK_HEAVY = {"alexnet": 1, "resnet18": 1, "shapenet": 4, "vit_b_16": 1}
+QUICK_SCORECAM = {"alexnet": 0, "resnet18": 0, "shapenet": 4, "vit_b_16": 0}
 
 
 def _parser() -> argparse.ArgumentParser:

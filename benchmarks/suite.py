@@ -40,17 +40,39 @@ METHODS = ("vanilla", "guided", "ig", "smoothgrad", "gradcam", "gradcam++", "sco
            "occlusion")
 
 
+def hidden_selector(o: torch.Tensor) -> torch.Tensor:
+    """captum selector of the hidden unit: channel 7 (index 6), mean over space."""
+    return o[:, 6].flatten(1).mean(1)
+
+
+def token_selector(o: torch.Tensor) -> torch.Tensor:
+    """captum selector of a ViT block's hidden unit: feature 7 (index 6), mean over the
+    patch tokens (the class token left out), as dnnbrain reads unit 7 of a token layer."""
+    return o[:, 1:, 6].mean(1)
+
+
+def vit_reshape(t: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's documented ViT reshape transform: drop the class token, lay the
+    patch tokens on their (14, 14) grid, channels first."""
+    side = int(round((t.size(1) - 1) ** 0.5))
+    return t[:, 1:, :].reshape(t.size(0), side, side, t.size(2)).permute(0, 3, 1, 2)
+
+
 @dataclass(frozen=True)
 class NetSpec:
     """Targets of one network: class (dnnbrain layer, unit from 1, module path), hidden
     unit (layer, channel from 1, module path), CAM layer (name, path), occlusion window and
-    stride, and the number of CAM-layer channels (Score-CAM's forward rows per image)."""
+    stride, the number of CAM-layer channels (Score-CAM's forward rows per image), the
+    captum selector of the hidden unit, and pytorch-grad-cam's reshape transform (a token
+    CAM layer; captum's LayerGradCam, which takes (N, C, H, W) layers, is left out)."""
 
     cls: Tuple[str, int, str]
     hidden: Tuple[str, int, str]
     cam: Tuple[str, str]
     occ: Tuple[int, int]
     cam_channels: int
+    selector: Callable[[torch.Tensor], torch.Tensor] = hidden_selector
+    reshape: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
 NETS: Dict[str, NetSpec] = {
@@ -60,12 +82,13 @@ NETS: Dict[str, NetSpec] = {
                         (56, 28), 512),
     "shapenet": NetSpec(("fc2", 2, "fc2"), ("conv3", 7, "conv3"),
                         ("conv3_maxpool", "conv3_maxpool"), (16, 8), 64),
+    "vit_b_16": NetSpec(("head", 541, "heads.head"), ("block6", 7, "encoder.layers."
+                                                                   "encoder_layer_5"),
+                        ("block12_norm1", "encoder.layers.encoder_layer_11.ln_1"), (56, 28),
+                        768, token_selector, vit_reshape),
 }
-
-
-def hidden_selector(o: torch.Tensor) -> torch.Tensor:
-    """captum selector of the hidden unit: channel 7 (index 6), mean over space."""
-    return o[:, 6].flatten(1).mean(1)
+#: Methods a network has no row for: guided backprop needs ReLU networks (ViT: GELU).
+SKIP = {"vit_b_16": {"guided"}}
 
 
 @dataclass
@@ -132,10 +155,10 @@ class _Ctx:
         """pytorch-grad-cam's documented use: a ``with`` block per call (it hooks the model
         at construction and unhooks on exit)."""
         targets = [self.target_cls(self.cls_idx) for _ in range(len(xb))]
-        model, layers = self.model, [self.cam_module]
+        model, layers, reshape = self.model, [self.cam_module], self.spec.reshape
 
         def run():
-            with cls(model=model, target_layers=layers) as cam:
+            with cls(model=model, target_layers=layers, reshape_transform=reshape) as cam:
                 if batch is not None:
                     cam.batch_size = batch
                 maps = cam(input_tensor=xb, targets=targets)
@@ -149,7 +172,7 @@ def _gradient(c: _Ctx, method: str) -> List[Cell]:
     ref_cls = c.captum.NeuronGradient if method == "vanilla" else \
         c.captum.NeuronGuidedBackprop
     out, n = [], len(c.x)
-    for (lay, u, p), sel in ((c.spec.cls, (c.cls_idx,)), (c.spec.hidden, hidden_selector)):
+    for (lay, u, p), sel in ((c.spec.cls, (c.cls_idx,)), (c.spec.hidden, c.spec.selector)):
         ours = ours_cls(c.dnn, lay, u, batch_size=n)
         ref = ref_cls(c.model, c.model.get_submodule(p))
 
@@ -167,7 +190,7 @@ def _gradcam(c: _Ctx, method: str) -> List[Cell]:
     ours = (GradCAM if method == "gradcam" else GradCAMPlusPlus)(
         c.dnn, c.layer, c.unit, batch_size=n, cam_layer=c.cam_name)
     refs = []
-    if method == "gradcam":
+    if method == "gradcam" and c.spec.reshape is None:
         lgc, interp = c.captum.LayerGradCam(c.model, c.cam_module), \
             c.captum.LayerAttribution.interpolate
 
@@ -272,7 +295,7 @@ def cells(dnn: DNN, net: str, x: torch.Tensor, methods: List[str], n_heavy: int,
     occlusion the first ``n_heavy``, Score-CAM the first ``n_scorecam`` (0 skips it)."""
     c = _Ctx(dnn, net, x)
     out: List[Cell] = []
-    for method in methods:
+    for method in (m for m in methods if m not in SKIP.get(net, ())):
         if method in ("vanilla", "guided"):
             out += _gradient(c, method)
         elif method in ("gradcam", "gradcam++"):

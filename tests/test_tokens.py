@@ -316,3 +316,30 @@ def test_timm_vit_register_tokens_and_swin(x32):
     np.testing.assert_allclose(minmax(cam.backprop(x32, preprocessed=True)), ref,
                                atol=TOLS["GradCAM"])
     assert hook_dicts_empty(vit.model) and hook_dicts_empty(swin.model)
+
+
+def test_yaml_run_with_token_units_and_its_evaluation(tmp_path):
+    """A run config takes [cls, k] and [k, row, col] units on a token layer; the manifest
+    names them and ROAD's unperturbed score is the manifest's activation."""
+    from dnnbrain.batch import load_config, run
+    from dnnbrain.batch.store import read_manifest
+    from dnnbrain.evaluate import evaluate_run
+    from dnnbrain.io.stim import demo_stimulus_file
+    stim = demo_stimulus_file().parent
+    cfg = {"model": {"name": "ShapeViT", "pretrained": False},
+           "stimuli": [str(stim / "shape_00.png"), str(stim / "shape_01.png")],
+           "targets": [{"layer": "block2", "units": [["cls", 3], 5, [2, 3, 4]]}],
+           "methods": ["vanilla"], "outputs": {"dir": str(tmp_path / "run"),
+                                               "save": ["npy"]}, "seed": 1}
+    res = run(cfg, progress=False)
+    rows = read_manifest(res.manifest)
+    assert sorted({r["unit"] for r in rows}) == ["2_3_4", "5", "cls_3"]
+    assert {r["npy"].split("/")[2] for r in rows} == {"unitcls_3", "unit5", "unit2_3_4"}
+    ev = evaluate_run(res.out_dir, metrics=["road"], out_dir=tmp_path / "ev",
+                      road_percentages=[0.5], progress=False)
+    act = {(r["stimulus"], r["unit"]): float(r["activation"]) for r in rows}
+    for m in ev["maps"]:
+        unit = "_".join(map(str, m["unit"])) if isinstance(m["unit"], list) else str(m["unit"])
+        assert m["road"]["original"] == pytest.approx(act[m["stimulus"], unit], abs=1e-5)
+    with pytest.raises(ValueError, match=r"targets\[0\]\.units\[0\]: class-token feature"):
+        load_config(dict(cfg, targets=[{"layer": "block2", "units": [["cls", 0]]}]))

@@ -22,7 +22,8 @@ from .schema import (DEFAULTS, OUTPUT_KEYS, SAVE_KINDS, TARGET_KEYS, Problems, i
 #: Constructor arguments the runner sets itself; not method parameters of a config.
 RUNNER_ARGS = ("self", "dnn", "from_layer", "from_chn", "batch_size")
 _LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-_UNIT_FORMS = ("an int channel (from 1), 'predicted', or [channel, row, col] (from 1)")
+_UNIT_FORMS = ("an int channel (from 1), 'predicted', [channel, row, col] (from 1), or "
+               "[cls, feature] (a token layer's class token)")
 
 
 # ----------------------------------------------------------------------------- targets
@@ -76,6 +77,12 @@ def _unit(p: Problems, path: str, u: Any, n: int, hw: Optional[Tuple[int, int]],
                         f"{f'; layer {layer!r} has {n} units' if n else ''}), got {u}")
             return None
         return int(u)
+    if isinstance(u, list) and len(u) == 2 and u[0] == "cls" and is_int(u[1]):
+        if u[1] < 1 or (n and u[1] > n):
+            p.add(path, f"class-token feature must be {f'in {rng}' if n else rng} (from 1)"
+                        f", got {u[1]}")
+            return None
+        return ["cls", int(u[1])]
     if isinstance(u, list) and len(u) == 3 and all(is_int(v) for v in u):
         c, r, col = (int(v) for v in u)
         ok = c >= 1 and (not n or c <= n) and r >= 1 and col >= 1

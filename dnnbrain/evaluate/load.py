@@ -92,8 +92,11 @@ class Run:
 
 
 def parse_unit(text: str) -> Union[int, Tuple[int, ...], str]:
-    """A manifest ``unit`` cell: ``'3'`` -> 3, ``'3_4_5'`` -> (3, 4, 5); other text as is."""
+    """A manifest ``unit`` cell: ``'3'`` -> 3, ``'3_4_5'`` -> (3, 4, 5), ``'cls_3'`` ->
+    ('cls', 3); other text as is."""
     parts = str(text).split("_")
+    if len(parts) == 2 and parts[0] == "cls" and parts[1].isdigit():
+        return ("cls", int(parts[1]))
     if all(p.strip().isdigit() for p in parts):
         vals = tuple(int(p) for p in parts)
         return vals[0] if len(vals) == 1 else vals
