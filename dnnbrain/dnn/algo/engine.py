@@ -25,7 +25,7 @@ from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
 from .checks import input_shape_error
 from .forward import StopForward, eval_mode, pass_hooks
 from .passes import smooth_maps
-from .relu import relu_override
+from .relu import check_activations, relu_override
 from .target import REDUCE, Unit, check_units, resolve_predicted, select, static_size
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,10 @@ class SaliencyImage:
 
     #: ReLU backward rule during the forward pass: None, ``'guided'`` or ``'deconv'``.
     relu_mode: Optional[str] = None
+    #: Where the ReLU rule applies: ``'relu'`` (ReLUs only; any other elementwise
+    #: activation in the forward pass is a ValueError) or ``'all'`` (the rule's
+    #: generalisation at every elementwise activation, see :mod:`dnnbrain.dnn.algo.relu`).
+    activations: str = "relu"
     #: Forward/backward rows one map costs (IG steps, occlusion windows ...); chunking uses it.
     rows_per_map: int = 1
     #: The method computes several units of one image from shared passes (perturbation
@@ -241,7 +245,8 @@ class SaliencyImage:
             # leaf's hook switches recording on (no_grad's exit restores the mode)
             xg = self._layout(x.detach())
             xg = xg if inner else xg.requires_grad_(True)
-            with relu_override(relu_mode), (torch.no_grad() if inner else nullcontext()):
+            with relu_override(relu_mode, self.activations, self.dnn.model), \
+                    (torch.no_grad() if inner else nullcontext()):
                 self._forward(xg)
             out = self._target_output(cap)
             wrt = xg
