@@ -53,7 +53,7 @@ import re
 import sys
 from collections import Counter
 from contextlib import nullcontext
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -145,10 +145,25 @@ def _act_input(args: tuple, kwargs: dict) -> Tuple[Optional[torch.Tensor], bool]
     return (x, False) if isinstance(x, torch.Tensor) else (None, False)
 
 
-def _pattern(path: str) -> str:
-    """``encoder.layers.encoder_layer_3.mlp.1`` -> ``encoder.layers.encoder_layer_*.mlp.1``:
-    numbers inside a name collapse, a bare index is kept (it names the module kind)."""
-    return ".".join(re.sub(r"(?<=[A-Za-z_])\d+$", "*", part) for part in path.split("."))
+def _pattern(paths: Sequence[str]) -> str:
+    """One name for the paths of repeated modules: the dotted parts that differ become
+    ``*`` (their number only, after a name: ``encoder_layer_*``), the rest is kept."""
+    split = [p.split(".") for p in paths]
+    if len({len(parts) for parts in split}) > 1:
+        return paths[0] + (" ..." if len(set(paths)) > 1 else "")
+    out = []
+    for column in zip(*split):
+        if len(set(column)) == 1:
+            out.append(column[0])
+        else:
+            stems = {re.sub(r"\d+$", "", c) for c in column}
+            out.append(stems.pop() + "*" if len(stems) == 1 else "*")
+    return ".".join(out)
+
+
+def _generic(path: str) -> str:
+    """``path`` with every number replaced (the key that groups repeated modules)."""
+    return re.sub(r"\d+", "#", path)
 
 
 class GuidedReLU(torch.autograd.Function):
@@ -253,9 +268,14 @@ class ReLUOverride(TorchFunctionMode):
 
     def refusal(self) -> str:
         """The one-line error for the non-ReLU activations found."""
+        paths: Dict[Tuple[str, str], List[str]] = {}
+        for (shown, where), n in self.found.items():
+            paths.setdefault((shown, _generic(where)), []).extend([where] * n)
         groups = []
-        for (shown, where), n in sorted(self.found.items(), key=lambda kv: -kv[1]):
-            groups.append(f"{shown} x {n} in {where!r}" if where else f"{shown} x {n}")
+        for (shown, _), where in paths.items():  # in forward order
+            at = _pattern(sorted(set(where)))
+            groups.append(f"{shown} x {len(where)} in {at!r}" if at else
+                          f"{shown} x {len(where)}")
         more = f" and {len(groups) - 6} more" if len(groups) > 6 else ""
         what = {"guided": "guided backprop", "deconv": "the deconvnet"}.get(
             self.mode, f"relu_mode {self.mode!r}")
@@ -271,7 +291,7 @@ class ReLUOverride(TorchFunctionMode):
             owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames \
                 else None
             if owner is not None and id(owner) in self._paths:
-                return _pattern(self._paths[id(owner)]) or "the model itself"
+                return self._paths[id(owner)] or "the model itself"
             frame = frame.f_back
         return ""
 
