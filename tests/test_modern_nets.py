@@ -96,3 +96,20 @@ def test_vit_b_16_guided_refuses_then_runs_with_the_opt_in(built):
         saliency(dnn, x, "guided", layer="head", unit=1)
     out = saliency(dnn, x, "guided", layer="head", unit=1, activations="all")
     assert out.shape == (1, 3, 224, 224) and (out != 0).any()
+
+
+def test_cli_takes_a_modern_net_and_the_opt_in(tmp_path, capsys):
+    """dnn_saliency -net mobilenet_v3_large (torchvision's name): guided refuses its
+    Hardswish in one line; -param activations=all runs it."""
+    from PIL import Image
+    from dnnbrain.cli.saliency import main
+    Image.new("RGB", (40, 30), (120, 30, 200)).save(tmp_path / "a.png")
+    stim = tmp_path / "s.stim.csv"
+    stim.write_text(f"type=image\npath={tmp_path}\ndata=stimID\na.png\n")
+    argv = ["-net", "mobilenet_v3_large", "-random-weights", "-layer", "head", "-chn", "1",
+            "-stim", str(stim), "-meth", "guided", "-out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs a ReLU network" in err and "Hardswish" in err and "\n" not in err
+    assert main(argv + ["-param", "activations=all", "-force"]) == 0
+    assert (tmp_path / "o" / "npy" / "a_head_chn1.npy").is_file()
