@@ -213,7 +213,8 @@ class SaliencyImage:
         to_layer : str or None
             Differentiate w.r.t. this layer's input (DNNBrain's ``to_layer``).
         relu_mode : None, 'guided' or 'deconv'
-            ReLU backward rule.
+            ReLU backward rule; other elementwise activations follow :attr:`activations`
+            (a ValueError naming them by default).
         at_output : str or None
             Differentiate w.r.t. this layer's output (CAM methods); not with ``to_layer``.
         create_graph : bool
