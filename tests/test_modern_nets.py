@@ -98,6 +98,7 @@ def test_vit_b_16_guided_refuses_then_runs_with_the_opt_in(built):
     assert out.shape == (1, 3, 224, 224) and (out != 0).any()
 
 
+@pytest.mark.slow
 def test_cli_takes_a_modern_net_and_the_opt_in(tmp_path, capsys):
     """dnn_saliency -net mobilenet_v3_large (torchvision's name): guided refuses its
     Hardswish in one line; -param activations=all runs it."""
