@@ -151,3 +151,14 @@ def test_vanilla_is_not_affected():
     dnn = _conv(nn.GELU())
     assert saliency(dnn, torch.randn(1, 3, 8, 8), "vanilla", layer="4", unit=1,
                     preprocessed=True).shape == (1, 3, 8, 8)
+
+
+def test_check_input_refuses_before_any_work():
+    """The batch runs' up-front check sees the activations too (one probe forward)."""
+    dnn = _conv(nn.SiLU())
+    g = make_method(dnn, "guided", "4", 1)
+    with pytest.raises(ValueError, match=r"SiLU x 1 in '1'"):
+        g.check_input((3, 8, 8))
+    assert _clean(dnn.model)
+    make_method(dnn, "guided", "4", 1, activations="all").check_input((3, 8, 8))
+    make_method(_conv(nn.ReLU()), "guided", "4", 1).check_input((3, 8, 8))

@@ -25,7 +25,7 @@ from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
 from .checks import input_shape_error
 from .forward import StopForward, eval_mode, pass_hooks
 from .passes import smooth_maps
-from .relu import check_activations, relu_override
+from .relu import relu_override
 from .target import REDUCE, Unit, check_units, resolve_predicted, select, static_size
 
 log = logging.getLogger(__name__)
@@ -382,8 +382,19 @@ class SaliencyImage:
                 call_index(self.call, n, self.layer)
             else:  # counts the calls where the choice needs it (kept for the passes)
                 self._stop_call(module, x)
+            if self.relu_mode is not None and self.activations == "relu":
+                self._check_rule(x)
         if not self.shares_units:  # as _run: perturbation methods keep batch_size
             self._check_budget(x)
+
+    def _check_rule(self, x: torch.Tensor) -> None:
+        """One forward of the probe row ``x`` under :attr:`relu_mode`, up to the target:
+        the ValueError naming any non-ReLU elementwise activation comes before any work
+        (see :mod:`dnnbrain.dnn.algo.relu`)."""
+        with self._hooks(x=x), torch.enable_grad():
+            xg = self._layout(x.detach()).requires_grad_(True)
+            with relu_override(self.relu_mode, self.activations, self.dnn.model):
+                self._forward(xg)
 
     def _probe(self, shape: Tuple[int, ...]) -> torch.Tensor:
         """One blank input row ``(1, *shape)`` on the device, as the passes get it."""
