@@ -28,7 +28,11 @@ def test_unknown_layer_names_choices():
         dnn.layer2module("conv6")
 
 
-@pytest.mark.parametrize("name", [n for n in network_names() if n != "ShapeNet"])  # its own test
+MODERN = ("ViT_B_16", "Swin_T", "ConvNeXt_Tiny", "EfficientNet_B0", "MobileNet_V3_Large")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in MODERN
+                                  else n for n in network_names() if n != "ShapeNet"])
 def test_every_network_builds_and_resolves(name):
     dnn = build_network(name, pretrained=False)
     spec = zoo.get_spec(name)

@@ -214,15 +214,23 @@ def test_inplace_rule_behaves_like_the_real_op(mode):
                 h.sum().backward()
 
 
-def test_other_nonlinearities_keep_their_plain_gradient():
+def test_other_nonlinearities_are_refused_under_a_rule():
+    """relu6, hardtanh, leaky_relu, threshold are not ReLUs: a rule refuses them (by
+    default) instead of silently giving their plain gradient; clamp is no activation."""
     x = torch.tensor([-1., 0.5, 7.])
-    for fn in (F.relu6, F.hardtanh, lambda t: F.leaky_relu(t, 0.1),
-               lambda t: F.threshold(t, 0.0, 0.0)):
-        grads = []
-        for mode in (None, "guided", "deconv"):
+    for fn, shown in ((F.relu6, "Hardtanh|ReLU6"), (F.hardtanh, "Hardtanh"),
+                      (lambda t: F.leaky_relu(t, 0.1), "LeakyReLU"),
+                      (lambda t: F.threshold(t, 0.0, 0.0), "Threshold")):
+        for mode in ("guided", "deconv"):
             xg = x.clone().requires_grad_(True)
-            with relu_override(mode):
-                y = fn(xg * 1)
-                (g,) = torch.autograd.grad((y * torch.tensor([1., -1., 1.])).sum(), xg)
-            grads.append(g)
-        assert all(torch.equal(g, grads[0]) for g in grads)
+            with pytest.raises(ValueError, match=shown):
+                with relu_override(mode):
+                    fn(xg * 1)
+    plain = []
+    for mode in (None, "guided", "deconv"):
+        xg = x.clone().requires_grad_(True)
+        with relu_override(mode):
+            y = torch.clamp(xg * 1, 0, 6)
+            (g,) = torch.autograd.grad((y * torch.tensor([1., -1., 1.])).sum(), xg)
+        plain.append(g)
+    assert all(torch.equal(g, plain[0]) for g in plain)

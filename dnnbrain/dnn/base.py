@@ -161,17 +161,25 @@ class ImageTransform:
         Output ``(H, W)`` (an int means square); None keeps the image size.
     mean, std : sequence of float or None
         Per-channel normalisation after scaling to 0..1; None skips it.
+    resize : int or None
+        Resize the shorter side to ``resize`` (keeping the aspect ratio), then crop the
+        centre ``size``, as torchvision's ``ImageClassification`` transform does (ViT:
+        256 then 224). None (default): resize straight to ``size``.
+    interpolation : {'bilinear', 'bicubic'}
+        Resampling of the resize (antialiased either way).
 
     Notes
     -----
-    PIL images, paths, arrays and tensors all follow one path: to float 0..1, bilinear
-    resize with antialiasing (``torch.nn.functional.interpolate``), normalise. So the same
-    pixels give the same input whatever container they came in.
+    PIL images, paths, arrays and tensors all follow one path: to float 0..1, resize with
+    antialiasing (``torch.nn.functional.interpolate``), centre crop when ``resize`` is
+    set, normalise. So the same pixels give the same input whatever container they came
+    in.
     """
 
     def __init__(self, size: Union[int, Tuple[int, int], None],
                  mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None) -> None:
+                 std: Optional[Sequence[float]] = None, resize: Optional[int] = None,
+                 interpolation: str = "bilinear") -> None:
         if size is not None:
             size = (size, size) if isinstance(size, int) else size
             if (not isinstance(size, (tuple, list)) or len(size) != 2
@@ -180,6 +188,14 @@ class ImageTransform:
                 raise ValueError(f"`size` must be a positive int, (H, W) of positive ints or "
                                  f"None, got {size!r}")
         self.size = None if size is None else tuple(size)
+        if resize is not None and (not isinstance(resize, int) or isinstance(resize, bool)
+                                   or resize < 1 or size is None):
+            raise ValueError(f"`resize` must be a positive int (with a `size`) or None, got "
+                             f"{resize!r}")
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"`interpolation` must be one of ['bilinear', 'bicubic'], got "
+                             f"{interpolation!r}")
+        self.resize, self.interpolation = resize, interpolation
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
 
@@ -197,8 +213,21 @@ class ImageTransform:
                                  f", got shapes {sorted(shapes)}")
             x = torch.stack(tensors)
         else:
-            x = torch.cat([_resize(t[None], self.size) for t in tensors])
+            x = torch.cat([self._fit(t[None]) for t in tensors])
         return self.normalize(x)
+
+    def _fit(self, x: torch.Tensor) -> torch.Tensor:
+        """One ``(1, 3, h, w)`` image to ``size``: straight, or shorter side to ``resize``
+        then the centre crop."""
+        if self.resize is None:
+            return _resize(x, self.size, self.interpolation)
+        h, w = x.shape[-2:]
+        short = min(h, w)
+        new = (max(self.size[0], round(h * self.resize / short)),
+               max(self.size[1], round(w * self.resize / short)))
+        x = _resize(x, new, self.interpolation)
+        top, left = (new[0] - self.size[0]) // 2, (new[1] - self.size[1]) // 2
+        return x[..., top:top + self.size[0], left:left + self.size[1]]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the mean/std normalisation to a ``(N, 3, H, W)`` 0..1 tensor."""
@@ -215,13 +244,17 @@ class ImageTransform:
     def __repr__(self) -> str:
         mean = None if self.mean is None else [round(v, 4) for v in self.mean.tolist()]
         std = None if self.std is None else [round(v, 4) for v in self.std.tolist()]
-        return f"ImageTransform(size={self.size}, mean={mean}, std={std})"
+        extra = (f", resize={self.resize}" if self.resize is not None else "") + \
+            (f", interpolation={self.interpolation!r}" if self.interpolation != "bilinear"
+             else "")
+        return f"ImageTransform(size={self.size}, mean={mean}, std={std}{extra})"
 
 
-def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def _resize(x: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    out = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
+    return out.clamp_(0, 1) if mode == "bicubic" else out  # (bicubic overshoots)
 
 
 def _preprocessed(images: Any, transform: ImageTransform) -> torch.Tensor:

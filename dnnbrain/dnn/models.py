@@ -424,7 +424,9 @@ def build_network(name: str, pretrained: bool = True, weights: Optional[PathLike
         if hasattr(model, "AuxLogits"):
             model.AuxLogits = None
     model.eval()
-    dnn = DNN(model, spec.layers, ImageTransform(spec.img_size, spec.mean, spec.std),
+    transform = ImageTransform(spec.img_size, spec.mean, spec.std, resize=spec.resize,
+                               interpolation=spec.interpolation)
+    dnn = DNN(model, spec.layers, transform,
               img_size=spec.img_size, name=spec.name, stem=spec.stem, channels_last=True)
     if spec.builder.startswith("dnnbrain.demo"):
         dnn.classes = list(zoo.SHAPENET_CLASSES)
@@ -462,8 +464,14 @@ Resnet18 = _named("Resnet18")
 Resnet50 = _named("Resnet50")
 Resnet152 = _named("Resnet152")
 InceptionV3 = _named("InceptionV3")
+ViT_B_16 = _named("ViT_B_16")
+Swin_T = _named("Swin_T")
+ConvNeXt_Tiny = _named("ConvNeXt_Tiny")
+EfficientNet_B0 = _named("EfficientNet_B0")
+MobileNet_V3_Large = _named("MobileNet_V3_Large")
 ShapeNet = _named("ShapeNet")
 
 __all__ = ["DNN", "build_network", "network_names", "load_state_dict", "AlexNet", "Vgg11",
            "Vgg16", "Vgg19", "Vgg19_bn", "Googlenet", "Resnet18", "Resnet50", "Resnet152",
-           "InceptionV3", "ShapeNet"]
+           "InceptionV3", "ViT_B_16", "Swin_T", "ConvNeXt_Tiny", "EfficientNet_B0",
+           "MobileNet_V3_Large", "ShapeNet"]

@@ -38,6 +38,12 @@ class NetSpec:
         Per-channel normalisation applied after scaling pixels to 0..1.
     drop_aux : bool
         Remove auxiliary classifiers after loading (GoogLeNet, Inception v3).
+    resize : int or None
+        Shorter side the image is resized to before the centre crop of ``img_size``
+        (torchvision's weights transforms: ViT 256 -> 224); None resizes straight to
+        ``img_size``.
+    interpolation : str
+        ``'bilinear'`` or ``'bicubic'``, as the weights' transforms resample.
     stem : str or None
         Layer name or dotted module path of the network's *affine stem*: the last module
         whose output, in eval mode, is still an affine function of the input (the first
@@ -56,6 +62,8 @@ class NetSpec:
     builder_kwargs: Dict[str, object] = field(default_factory=dict)
     drop_aux: bool = False
     stem: Optional[str] = None
+    resize: Optional[int] = None
+    interpolation: str = "bilinear"
 
 
 def _seq(prefix: str, names: Sequence[str], start: int = 0) -> List[Tuple[str, str]]:
@@ -136,17 +144,62 @@ _INCEPTION = {
     "avgpool": "avgpool", "fc": "fc",
 }
 
-def _vit(blocks: int) -> Dict[str, str]:
-    """torchvision ViT table: ``patch_embed`` (the patch convolution), ``block<k>`` (from 1)
-    with its ``block<k>_attn`` (self-attention) and ``block<k>_mlp``, ``norm``, ``head``."""
+def _vit(blocks: int = 12) -> Dict[str, str]:
+    """ViT table: ``patch_embed`` (conv_proj), ``block<i>`` (encoder layers, from 1) with
+    ``_norm1, _attn, _norm2, _mlp``, ``norm`` (the final LayerNorm), ``head``."""
     table = {"patch_embed": "conv_proj"}
-    for k in range(1, blocks + 1):
-        path = f"encoder.layers.encoder_layer_{k - 1}"
-        table.update({f"block{k}": path, f"block{k}_attn": f"{path}.self_attention",
-                      f"block{k}_mlp": f"{path}.mlp"})
+    for i in range(blocks):
+        at = f"encoder.layers.encoder_layer_{i}"
+        table[f"block{i + 1}"] = at
+        for name, part in (("norm1", "ln_1"), ("attn", "self_attention"),
+                           ("norm2", "ln_2"), ("mlp", "mlp")):
+            table[f"block{i + 1}_{name}"] = f"{at}.{part}"
     table.update({"norm": "encoder.ln", "head": "heads.head"})
     return table
 
+
+def _staged(first: str, stages: Sequence[int], between: str, tail: Dict[str, str],
+            stem: str = "stem") -> Dict[str, str]:
+    """Table of a 4-stage ``features`` network (Swin, ConvNeXt): ``stem`` (features.0),
+    ``stage<k>`` with ``stage<k>_block<j>`` (from 1), ``stage<k>_<between>`` for the
+    downsampling module before stages 2-4, then ``tail``."""
+    table = {stem: first}
+    for k, n in enumerate(stages, 1):
+        if k > 1:
+            table[f"stage{k}_{between}"] = f"features.{2 * k - 2}"
+        table[f"stage{k}"] = f"features.{2 * k - 1}"
+        for j in range(n):
+            table[f"stage{k}_block{j + 1}"] = f"features.{2 * k - 1}.{j}"
+    table.update(tail)
+    return table
+
+
+_SWIN_T = _staged("features.0", [2, 2, 6, 2], "merge",
+                  {"norm": "norm", "avgpool": "avgpool", "head": "head"},
+                  stem="patch_embed")
+_CONVNEXT_TINY = _staged("features.0", [3, 3, 9, 3], "downsample",
+                         {"avgpool": "avgpool", "norm": "classifier.0",
+                          "head": "classifier.2"})
+
+
+def _efficientnet(stages: Sequence[int]) -> Dict[str, str]:
+    """EfficientNet table: ``stem`` (features.0), MBConv ``stage<k>`` (features.k) with
+    ``stage<k>_block<j>``, ``top_conv`` (the last 1x1 conv), ``avgpool``, ``head``."""
+    table = {"stem": "features.0"}
+    for k, n in enumerate(stages, 1):
+        table[f"stage{k}"] = f"features.{k}"
+        for j in range(n):
+            table[f"stage{k}_block{j + 1}"] = f"features.{k}.{j}"
+    table.update({"top_conv": f"features.{len(stages) + 1}", "avgpool": "avgpool",
+                  "head": "classifier.1"})
+    return table
+
+
+_MOBILENET_V3_LARGE = {
+    "stem": "features.0", **{f"block{i}": f"features.{i}" for i in range(1, 16)},
+    "top_conv": "features.16", "avgpool": "avgpool", "fc1": "classifier.0",
+    "fc1_act": "classifier.1", "head": "classifier.3",
+}
 
 # The demo network (dnnbrain.demo.net.ShapeCNN) is an nn.Sequential whose children
 # carry these names, so each name is its own module path.
@@ -183,6 +236,20 @@ NETWORKS: Dict[str, NetSpec] = {s.name.lower(): s for s in [
             builder_kwargs={"aux_logits": True, "transform_input": True,
                             "init_weights": False}, drop_aux=True,
             stem="Conv2d_1a_3x3.bn"),
+    # modern networks: preprocessing as torchvision's weights transforms (resize, crop,
+    # interpolation); stems end before the first nonlinearity (LayerNorm included)
+    NetSpec("ViT_B_16", "vit_b_16", _vit(12), "vit_b_16.pth",
+            "ViT_B_16_Weights.IMAGENET1K_V1", resize=256, stem="patch_embed"),
+    NetSpec("Swin_T", "swin_t", _SWIN_T, "swin_t.pth", "Swin_T_Weights.IMAGENET1K_V1",
+            resize=232, interpolation="bicubic", stem="features.0.0"),
+    NetSpec("ConvNeXt_Tiny", "convnext_tiny", _CONVNEXT_TINY, "convnext_tiny.pth",
+            "ConvNeXt_Tiny_Weights.IMAGENET1K_V1", resize=236, stem="features.0.0"),
+    NetSpec("EfficientNet_B0", "efficientnet_b0", _efficientnet([1, 2, 2, 3, 3, 4, 1]),
+            "efficientnet_b0.pth", "EfficientNet_B0_Weights.IMAGENET1K_V1", resize=256,
+            interpolation="bicubic", stem="features.0.1"),
+    NetSpec("MobileNet_V3_Large", "mobilenet_v3_large", _MOBILENET_V3_LARGE,
+            "mobilenet_v3_large.pth", "MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+            resize=232, stem="features.0.1"),
     NetSpec("ShapeNet", "dnnbrain.demo", {n: n for n in SHAPENET_LAYERS}, "shapenet.pth",
             None, img_size=64,
             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), stem="conv1"),

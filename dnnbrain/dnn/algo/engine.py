@@ -72,6 +72,10 @@ class SaliencyImage:
 
     #: ReLU backward rule during the forward pass: None, ``'guided'`` or ``'deconv'``.
     relu_mode: Optional[str] = None
+    #: Where the ReLU rule applies: ``'relu'`` (ReLUs only; any other elementwise
+    #: activation in the forward pass is a ValueError) or ``'all'`` (the rule's
+    #: generalisation at every elementwise activation, see :mod:`dnnbrain.dnn.algo.relu`).
+    activations: str = "relu"
     #: Forward/backward rows one map costs (IG steps, occlusion windows ...); chunking uses it.
     rows_per_map: int = 1
     #: The method computes several units of one image from shared passes (perturbation
@@ -210,7 +214,8 @@ class SaliencyImage:
         to_layer : str or None
             Differentiate w.r.t. this layer's input (DNNBrain's ``to_layer``).
         relu_mode : None, 'guided' or 'deconv'
-            ReLU backward rule.
+            ReLU backward rule; other elementwise activations follow :attr:`activations`
+            (a ValueError naming them by default).
         at_output : str or None
             Differentiate w.r.t. this layer's output (CAM methods); not with ``to_layer``.
         create_graph : bool
@@ -242,7 +247,8 @@ class SaliencyImage:
             # leaf's hook switches recording on (no_grad's exit restores the mode)
             xg = self._layout(x.detach())
             xg = xg if inner else xg.requires_grad_(True)
-            with relu_override(relu_mode), (torch.no_grad() if inner else nullcontext()):
+            with relu_override(relu_mode, self.activations, self.dnn.model), \
+                    (torch.no_grad() if inner else nullcontext()):
                 self._forward(xg)
             out = self._target_output(cap)
             wrt = xg
@@ -385,8 +391,19 @@ class SaliencyImage:
                 call_index(self.call, n, self.layer)
             else:  # counts the calls where the choice needs it (kept for the passes)
                 self._stop_call(module, x)
+            if self.relu_mode is not None and self.activations == "relu":
+                self._check_rule(x)
         if not self.shares_units:  # as _run: perturbation methods keep batch_size
             self._check_budget(x)
+
+    def _check_rule(self, x: torch.Tensor) -> None:
+        """One forward of the probe row ``x`` under :attr:`relu_mode`, up to the target:
+        the ValueError naming any non-ReLU elementwise activation comes before any work
+        (see :mod:`dnnbrain.dnn.algo.relu`)."""
+        with self._hooks(x=x), torch.enable_grad():
+            xg = self._layout(x.detach()).requires_grad_(True)
+            with relu_override(self.relu_mode, self.activations, self.dnn.model):
+                self._forward(xg)
 
     def _probe(self, shape: Tuple[int, ...]) -> torch.Tensor:
         """One blank input row ``(1, *shape)`` on the device, as the passes get it."""

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..models import DNN
 from .budget import Budget
+from .relu import check_activations
 from .engine import SaliencyImage
 from .passes import gradient_sums, sums_pass
 from .checks import check_number, no_to_layer
@@ -281,13 +282,19 @@ class IntegratedGradients(_PathMethod):
         Noise of the ``'uniform'`` baseline.
     base : {None, 'guided'}
         ReLU rule of the gradient (None: vanilla; 'guided' loses completeness).
+    activations : {'relu', 'all'}
+        With ``base='guided'``: ``'relu'`` refuses networks with other elementwise
+        activations, ``'all'`` applies the guided rule at every one (see
+        :class:`dnnbrain.dnn.algo.GuidedSaliencyImage`).
     """
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
                  batch_size: Optional[int] = None, *, steps: int = 50, baseline: Any = "black",
                  rule: str = "riemann_trapezoid", blur_sigma: float = 10.0, seed: int = 0,
-                 base: Optional[str] = None, memory_budget: Budget = None) -> None:
+                 base: Optional[str] = None, memory_budget: Budget = None,
+                 activations: str = "relu") -> None:
         super().__init__(dnn, from_layer, from_chn, batch_size, memory_budget)
+        self.activations = check_activations(activations)
         if base not in (None, "guided"):
             raise ValueError(f"`base` must be one of [None, 'guided'], got {base!r}")
         self.alphas, self.weights = approximation(rule, steps)
