@@ -343,3 +343,25 @@ def test_yaml_run_with_token_units_and_its_evaluation(tmp_path):
         assert m["road"]["original"] == pytest.approx(act[m["stimulus"], unit], abs=1e-5)
     with pytest.raises(ValueError, match=r"targets\[0\]\.units\[0\]: class-token feature"):
         load_config(dict(cfg, targets=[{"layer": "block2", "units": [["cls", 0]]}]))
+
+
+def test_upsampled_activation_on_a_token_layer():
+    """Feature k of a ViT block's patch tokens on their grid, upsampled (class token out)."""
+    from dnnbrain.dnn.models import build_network
+    from dnnbrain.dnn.algo import saliency
+    torch.manual_seed(0)
+    dnn = build_network("ShapeViT", pretrained=False)
+    x = torch.randn(2, 3, 64, 64)
+    got = saliency(dnn, x, "upsampled_activation", layer="block4", unit=5, preprocessed=True)
+    seen = {}
+    block = dnn.model.encoder.layers.encoder_layer_3
+    handle = block.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    try:
+        with torch.no_grad():
+            dnn.model(x)
+    finally:
+        handle.remove()
+    grid = seen["out"][:, 1:, 4].reshape(2, 1, 8, 8)
+    want = torch.nn.functional.interpolate(grid, size=(64, 64), mode="bilinear",
+                                           align_corners=False)[:, 0]
+    assert np.allclose(got, want.numpy(), atol=1e-6)

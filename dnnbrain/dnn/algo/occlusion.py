@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import DNN
+from ..tokens import grid_map
 from .calls import Call
 from .checks import no_to_layer
 from .engine import SaliencyImage
@@ -177,8 +178,9 @@ class UpsampledActivation(SaliencyImage):
     dnn : DNN
         The network.
     from_layer, from_chn : optional
-        Target: a layer with spatial output ``(N, C, h, w)`` and a channel (int from 1) or
-        ``'predicted'`` (the channel with the largest ``reduce``-d activation). A spatial
+        Target: a layer with spatial output ``(N, C, h, w)`` (or a token layer: its patch
+        tokens on their grid, see :mod:`dnnbrain.dnn.tokens`) and a channel (int from 1)
+        or ``'predicted'`` (the channel with the largest ``reduce``-d activation). A spatial
         unit ``(c, row, col)`` or a callable has no map and is rejected.
     batch_size : int or None
         Images per forward pass (None: 32).
@@ -221,7 +223,14 @@ class UpsampledActivation(SaliencyImage):
         """:meth:`SaliencyImage.check_input`, and that the target layer has spatial
         output with the target channels (a one-row no-grad probe)."""
         super().check_input(shape)
-        self._check_output(self.layer_output(self._probe(shape), self.layer), self.units)
+        x = self._probe(shape)
+        self._check_output(self._grid(self.layer_output(x, self.layer), x), self.units)
+
+    def _grid(self, out: Any, x: torch.Tensor) -> Any:
+        """The target layer's output as ``(N, C, h, w)``: a token layer's patch tokens on
+        their grid (:func:`dnnbrain.dnn.tokens.grid_map`), anything else as it is."""
+        return grid_map(self.dnn, self.layer, out, tuple(x.shape[-2:])) \
+            if isinstance(out, torch.Tensor) and out.ndim in (3, 4) else out
 
     def _check_output(self, out: Any, units: List[Unit]) -> None:
         if not isinstance(out, torch.Tensor) or out.ndim != 4:
@@ -236,7 +245,7 @@ class UpsampledActivation(SaliencyImage):
     def _attribute(self, x: torch.Tensor, units: List[Unit],
                    to_layer: Optional[str]) -> torch.Tensor:
         no_to_layer(to_layer, "UpsampledActivation")
-        out = self.layer_output(x, self.layer)
+        out = self._grid(self.layer_output(x, self.layer), x)
         self._check_output(out, units)
         units = resolve_predicted(out, units, self.reduce)
         units = list(units) * len(x) if len(units) == 1 else list(units)
