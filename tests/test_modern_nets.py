@@ -1,5 +1,6 @@
 """The modern named networks (ViT, Swin, ConvNeXt, EfficientNet, MobileNetV3): tables,
 preprocessing, builds, and the ReLU rules' refusal on them."""
+import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
@@ -8,6 +9,8 @@ from torchvision.models.vision_transformer import VisionTransformer
 from dnnbrain.dnn import zoo
 from dnnbrain.dnn.algo.registry import saliency
 from dnnbrain.dnn.models import DNN, build_network, network_names
+
+from .conftest import hook_dicts_empty
 
 MODERN = ["ViT_B_16", "Swin_T", "ConvNeXt_Tiny", "EfficientNet_B0", "MobileNet_V3_Large"]
 
@@ -85,6 +88,31 @@ def test_builds_forwards_and_vanilla_saliency(name, built):
         dnn.layer2module(layer)
     out = saliency(dnn, x, "vanilla", layer="head", unit=1)
     assert out.shape == (1, 3, 224, 224) and (out != 0).any()
+
+
+#: A hidden unit per network: a token-layer feature for the transformers, a conv channel
+#: (mean over space) for the CNNs.
+HIDDEN = {"ViT_B_16": ("block6", 5), "Swin_T": ("stage3", 5),
+          "ConvNeXt_Tiny": ("stage3", 5), "EfficientNet_B0": ("stage5", 5),
+          "MobileNet_V3_Large": ("block10", 5)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODERN)
+def test_methods_at_a_hidden_unit_and_the_class_output(name, built):
+    """vanilla, IG and Grad-CAM (default CAM layer) at a token/conv unit and at the class
+    output; rollout too where the network has nn.MultiheadAttention (ViT)."""
+    dnn = built(name)
+    x = dnn.test_transform.normalize(torch.rand(1, 3, 224, 224))
+    methods = {"vanilla": {}, "ig": {"steps": 2}, "gradcam": {}}
+    if name == "ViT_B_16":
+        methods["rollout"] = {}
+    for layer, unit in (HIDDEN[name], ("head", 7)):
+        for method, kw in methods.items():
+            out = saliency(dnn, x, method, layer=layer, unit=unit, preprocessed=True, **kw)
+            assert out.shape[-2:] == (224, 224) and np.isfinite(out).all(), (method, layer)
+            assert (out != 0).any(), (name, method, layer)
+    assert hook_dicts_empty(dnn.model)
 
 
 @pytest.mark.slow
