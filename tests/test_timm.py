@@ -112,22 +112,24 @@ def test_weights_offline_first_and_clear_errors(nets, tmp_path, monkeypatch):
         build_network("timm:resnet18", weights=path)
 
 
-def test_cli_and_yaml_run(tmp_path, capsys):
+@pytest.mark.parametrize("name,head,block", [("resnet18", "fc", "stage4"),
+                                              ("vit_tiny_patch16_224", "head", "block6")])
+def test_cli_and_yaml_run(tmp_path, capsys, name, head, block):
     from dnnbrain.batch import load_config, run
     from dnnbrain.cli.saliency import main
     stim = demo_stimulus_file().parent
     out = tmp_path / "cli"
-    assert main(["-net", "timm:resnet18", "-random-weights", "-layer", "fc", "-chn", "3",
+    assert main(["-net", f"timm:{name}", "-random-weights", "-layer", head, "-chn", "3",
                  "-meth", "vanilla", "-stim", str(stim / "shape_00.png"), "-out",
                  str(out)]) == 0
-    assert (out / "npy" / "shape_00_fc_chn3.npy").is_file()
-    cfg = {"model": {"name": "timm:resnet18", "pretrained": False},
+    assert np.abs(np.load(out / "npy" / f"shape_00_{head}_chn3.npy")).sum() > 0
+    cfg = {"model": {"name": f"timm:{name}", "pretrained": False},
            "stimuli": [str(stim / "shape_00.png"), str(stim / "shape_01.png")],
-           "targets": [{"layer": "stage4", "units": [1]}], "methods": ["vanilla"],
+           "targets": [{"layer": block, "units": [1]}], "methods": ["vanilla", "gradcam"],
            "outputs": {"dir": str(tmp_path / "run"), "save": ["npy"]}, "seed": 2}
     res = run(cfg, progress=False)
-    assert res.maps == 2 and (res.out_dir / "network.pth").is_file()
+    assert res.maps == 4 and (res.out_dir / "network.pth").is_file()
     saved = yaml.safe_load((res.out_dir / "config.resolved.yaml").read_text())
-    assert saved["model"]["name"] == "timm:resnet18"
+    assert saved["model"]["name"] == f"timm:{name}"
     with pytest.raises(ValueError, match=r"model\.name: 'timm:nonet' is not a timm model"):
         load_config(dict(cfg, model={"name": "timm:nonet"}))
