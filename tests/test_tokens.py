@@ -283,6 +283,24 @@ def test_swin_t_gradcam_matches_pytorch_grad_cam(x224):
     assert hook_dicts_empty(dnn.model)
 
 
+@pytest.mark.slow
+def test_scorecam_at_224_matches_pytorch_grad_cam(vit_b16, x224):
+    """Score-CAM on vit_b_16 (at the last block's ln_1) and swin_t (at norm), class
+    target, against pytorch-grad-cam with its reshape transforms: 768 masked forwards
+    each, per library."""
+    path = "encoder.layers.encoder_layer_11.ln_1"
+    ours = ScoreCAM(vit_b16, "heads", 7, batch_size=64).backprop(x224, preprocessed=True)
+    ref = reference(ScoreCAM, vit_b16.model, vit_b16.model.get_submodule(path),
+                    vit_reshape((14, 14)), x224, 7)
+    np.testing.assert_allclose(minmax(ours), ref, atol=TOL)
+    torch.manual_seed(0)
+    swin = DNN(torchvision.models.swin_t(weights=None).eval())
+    ours = ScoreCAM(swin, "head", 5, batch_size=64).backprop(x224, preprocessed=True)
+    ref = reference(ScoreCAM, swin.model, swin.model.norm, swin_reshape, x224, 5)
+    np.testing.assert_allclose(minmax(ours), ref, atol=TOL)
+    assert hook_dicts_empty(vit_b16.model) and hook_dicts_empty(swin.model)
+
+
 def test_cls_unit_text():
     from dnnbrain.batch.plan import unit_text
     assert unit_text(("cls", 3)) == "cls_3" and unit_text((3, 1, 2)) == "3_1_2"
