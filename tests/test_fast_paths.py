@@ -48,7 +48,7 @@ def affine_error(dnn, layer, size):
 
 
 # --------------------------------------------------------------------------- the stem table
-FAST_NETS = ("AlexNet", "Resnet18", "Googlenet", "ShapeNet", "Vgg11")
+FAST_NETS = ("AlexNet", "Resnet18", "Googlenet", "ShapeNet", "ShapeViT", "Vgg11")
 
 
 @pytest.mark.parametrize("name", [n if n in FAST_NETS else pytest.param(n, marks=pytest.mark.slow)

@@ -254,7 +254,7 @@ NETWORKS: Dict[str, NetSpec] = {s.name.lower(): s for s in [
             None, img_size=64,
             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), stem="conv1"),
     NetSpec("ShapeViT", "dnnbrain.demo.vit", _vit(4), "shapevit.pth", None, img_size=64,
-            mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+            mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), stem="patch_embed"),
 ]}
 
 
