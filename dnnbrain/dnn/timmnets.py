@@ -63,11 +63,6 @@ def check_timm_name(name: str) -> str:
     return model
 
 
-def _numbered(module: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """Children of a container of blocks, in order (numbered or named like ``b1``)."""
-    return list(module.named_children())
-
-
 def _is_container(module: nn.Module) -> bool:
     kids = [k for k, _ in module.named_children()]
     return len(kids) >= 2 and all(k.isdigit() for k in kids)
@@ -103,7 +98,7 @@ def timm_layers(model: nn.Module) -> Dict[str, str]:
         if re.fullmatch(r"layer\d+|s\d+", name):  # ResNet / RegNet stage
             stage += 1
             table[f"stage{stage}"] = name
-            for j, (sub, _) in enumerate(_numbered(child), 1):
+            for j, (sub, _) in enumerate(child.named_children(), 1):
                 table[f"stage{stage}_block{j}"] = f"{name}.{sub}"
         elif (name in holders) if holders is not None else _is_container(child):
             staged = any(_is_container(g) or _is_container(getattr(g, "blocks", nn.Module()))
@@ -116,7 +111,7 @@ def timm_layers(model: nn.Module) -> Dict[str, str]:
                     inner = getattr(g, "blocks", None)
                     base, blocks = ((f"{path}.blocks", inner) if isinstance(inner, nn.Module)
                                     else (path, g))
-                    for j, (b, _) in enumerate(_numbered(blocks), 1):
+                    for j, (b, _) in enumerate(blocks.named_children(), 1):
                         table[f"stage{stage}_block{j}"] = f"{base}.{b}"
                 else:
                     table[f"block{i}"] = path
