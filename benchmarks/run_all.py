@@ -27,6 +27,7 @@ from harness import Floors, load_net, make_inputs, measure, measure_many  # noqa
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import suite  # noqa: E402
+import suite_pair  # noqa: E402
 
 log = logging.getLogger("run_all")
 NETS = ("alexnet", "resnet18", "shapenet", "vit_b_16")
@@ -35,6 +36,9 @@ CPU_HEAVY = {"alexnet": 4, "resnet18": 2, "shapenet": 16, "vit_b_16": 2}
 CPU_SCORECAM = {"alexnet": 0, "resnet18": 1, "shapenet": 16, "vit_b_16": 0}
 QUICK_HEAVY = {"alexnet": 1, "resnet18": 1, "shapenet": 4, "vit_b_16": 1}
 QUICK_SCORECAM = {"alexnet": 0, "resnet18": 0, "shapenet": 4, "vit_b_16": 0}
+#: On the CPU, images for the PAIR-owned methods and the default-settings cells.
+CPU_PAIR = {"alexnet": 0, "resnet18": 2, "shapenet": 8, "vit_b_16": 0}
+QUICK_PAIR = {"alexnet": 0, "resnet18": 0, "shapenet": 0, "vit_b_16": 0}  # minutes: not in --quick
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                         "measurement")
     p.add_argument("--json", help="also write the rows and the machine to this file")
     p.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS))
-    p.add_argument("--methods", nargs="+", choices=suite.METHODS,
-                   default=list(suite.METHODS))
+    p.add_argument("--methods", nargs="+", choices=suite.METHODS + suite_pair.METHODS,
+                   default=list(suite.METHODS + suite_pair.METHODS))
     p.add_argument("--cap-s", type=float, default=None,
                    help="seconds of timed runs per measurement before fewer repeats are "
                         "taken (default 6 on the CPU, 20 on CUDA)")
@@ -61,15 +65,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scorecam-batch", type=int, default=None,
                    help="images for Score-CAM (CPU default: resnet18 1, shapenet --batch, "
                         "alexnet skipped; CUDA: --batch)")
+    p.add_argument("--pair-batch", type=int, default=None,
+                   help="images for Blur IG / Guided IG / XRAI and the default-settings "
+                        "cells (CPU default: shapenet 8, resnet18 2, others skipped; "
+                        "CUDA: --batch)")
     return p
 
 
 def _sizes(args: argparse.Namespace, net: str, cuda: bool) -> tuple:
-    """(images for one-pass methods, for IG/SmoothGrad/occlusion, for Score-CAM)."""
+    """(images for one-pass methods, for IG/SmoothGrad/occlusion, for Score-CAM, for the
+    PAIR and default-settings cells)."""
     n = min(args.batch, 4) if args.quick else args.batch
     if cuda:
-        heavy = scorecam = n
+        heavy = scorecam = paired = n
     else:
+        paired = min((QUICK_PAIR if args.quick else CPU_PAIR)[net], n)
         heavy = (QUICK_HEAVY if args.quick else CPU_HEAVY)[net]
         scorecam = (QUICK_SCORECAM if args.quick else CPU_SCORECAM)[net]
         heavy, scorecam = min(heavy, n), min(scorecam, n)
@@ -77,7 +87,9 @@ def _sizes(args: argparse.Namespace, net: str, cuda: bool) -> tuple:
         heavy = args.heavy_batch
     if args.scorecam_batch is not None:
         scorecam = args.scorecam_batch
-    return n, heavy, scorecam
+    if args.pair_batch is not None:
+        paired = args.pair_batch
+    return n, heavy, scorecam, paired
 
 
 def agreement(ours: Any, theirs: Any, minmax: bool) -> Optional[float]:
@@ -174,12 +186,21 @@ def machine(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "device": str(device), "python": platform.python_version(),
             "torch": torch.__version__, "captum": captum.__version__,
-            "pytorch-grad-cam": version("grad-cam"), "quick": args.quick,
+            "pytorch-grad-cam": version("grad-cam"), "saliency": _version("saliency"),
+            "quick": args.quick,
             "repeats": args.repeats, "batch": args.batch,
             "loadavg_start": os.getloadavg()[0]}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def _version(dist: str) -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def busy(info: Dict[str, Any], threads: int) -> bool:
@@ -204,6 +225,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     repeats = 0 if args.quick else args.repeats  # quick: the profiled run is the timing
     args.repeats = repeats
     info = machine(args, device)
+    if info["saliency"] is None and any(m in suite_pair.METHODS[:3] for m in args.methods):
+        log.warning("PAIR saliency is not installed (pip install --no-deps saliency): its "
+                    "rows are skipped")
+        args.methods = [m for m in args.methods if m not in suite_pair.METHODS[:3]]
     t_start, cpu_start = time.perf_counter(), time.process_time()
     floors = Floors(device, repeats, cap)
     rows: List[Dict[str, Any]] = []
@@ -211,13 +236,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     skipped: List[str] = []
     for net in args.nets:
         dnn, weights[net] = load_net(net, device)
-        n, heavy, scorecam = _sizes(args, net, cuda)
+        n, heavy, scorecam, paired = _sizes(args, net, cuda)
         for method in args.methods:
             if (method == "scorecam" and not scorecam) or (
-                    method in ("ig", "smoothgrad", "occlusion") and not heavy):
+                    method in ("ig", "smoothgrad", "occlusion") and not heavy) or (
+                    method in suite_pair.METHODS and not paired):
                 skipped.append(f"{net} {method}")
-        x = make_inputs(dnn, n, seed=0)
-        for cell in suite.cells(dnn, net, x, args.methods, heavy, scorecam):
+        x = make_inputs(dnn, max(n, paired), seed=0)
+        pair_cells = suite_pair.cells(suite._Ctx(dnn, net, x), args.methods, paired)
+        for cell in suite.cells(dnn, net, x[:n], args.methods, heavy, scorecam) + pair_cells:
             rows += run_cell(cell, dnn, device, floors, args, cap)
         del dnn, x
         gc.collect()
@@ -229,7 +256,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = [table(rows), "",
            f"{info['cpu']}, {info['threads']} threads, device {info['device']}"
            + (f" ({info['gpu']})" if cuda else "") + f"; torch {info['torch']}, captum "
-           f"{info['captum']}, pytorch-grad-cam {info['pytorch-grad-cam']}; weights: "
+           f"{info['captum']}, pytorch-grad-cam {info['pytorch-grad-cam']}, PAIR saliency "
+           f"{info['saliency']}; weights: "
            + ", ".join(f"{k} {v}" for k, v in weights.items()),
            f"suite: {info['wall_s']:.0f} s wall, {info['process_cpu_s']:.0f} s CPU; load "
            f"average {info['loadavg_start']:.1f} at start, {info['loadavg_end']:.1f} at end"
