@@ -160,18 +160,29 @@ class Extraction:
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(self.rows(b)[1] - self.rows(b)[0] for b in todo), unit="stim",
                    desc="activations", disable=not progress, leave=False)
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dnnbrain-load")
+        # image files decode in a thread while the network runs; a tensor is sliced inline
+        files = not isinstance(self.source.items, (np.ndarray, torch.Tensor))
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dnnbrain-load") \
+            if files and len(todo) > 1 else None
+
+        def load(i: int) -> Any:
+            if i >= len(todo):
+                return None
+            rows = self.rows(todo[i])
+            return pool.submit(self.source.load, *rows) if pool else self.source.load(*rows)
         try:
-            nxt = pool.submit(self.source.load, *self.rows(todo[0])) if todo else None
+            nxt = load(0)
             for i, b in enumerate(todo):
-                x = nxt.result()
-                nxt = pool.submit(self.source.load, *self.rows(todo[i + 1])) \
-                    if i + 1 < len(todo) else None
+                x = nxt.result() if pool else nxt
+                nxt = load(i + 1) if pool else None
                 out = self.taps.run(x.to(self.dnn.device, non_blocking=True))
+                if not pool and i + 1 < len(todo):
+                    nxt = load(i + 1)
                 bar.update(len(x))
                 yield self.rows(b)[0], out
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
 
 
