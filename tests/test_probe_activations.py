@@ -282,3 +282,37 @@ def test_cli_bad_input_exits_2(tmp_path, capsys, over, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dnn_act: error: ") and needle in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_module_called_twice_takes_the_asked_call(resnet):
+    """torchvision's BasicBlock calls its relu twice: default the last call (a warning),
+    ``@1``/``@first`` the first, as the saliency engine counts calls."""
+    x = torch.rand(2, 3, 64, 64)
+    outs = []
+    h = resnet.model.layer1[0].relu.register_forward_hook(lambda m, i, o: outs.append(o.clone()))
+    try:
+        with pytest.warns(UserWarning, match="runs 2 times in one forward pass"):
+            last = activations(resnet, x, ["layer1.0.relu"], preprocessed=True,
+                               channels_last=False)
+        outs.clear()
+        got = activations(resnet, x, ["layer1.0.relu@first", "layer1.0.relu@2"],
+                          preprocessed=True, channels_last=False)
+    finally:
+        h.remove()
+    assert np.allclose(got["layer1.0.relu@first"], outs[0].numpy(), atol=1e-6)
+    assert np.allclose(got["layer1.0.relu@2"], outs[1].numpy(), atol=1e-6)
+    assert np.allclose(last["layer1.0.relu"], outs[1].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="the part after '@' must be"):
+        activations(resnet, x, ["layer1.0.relu@second"], preprocessed=True)
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs(tmp_path):
+    out = tmp_path / "b.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_activations.py"),
+                           "--n", "8", "--batch", "4", "--size", "64", "--no-refs",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["impl"] for r in rows} == {"bare", "bare-cl", "dnnbrain", "dnnbrain-store", "rss"}
+    assert all(r["s"] > 0 for r in rows if r["impl"] != "rss")

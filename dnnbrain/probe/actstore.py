@@ -27,7 +27,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Tuple, Union
 
 import numpy as np
 import torch
@@ -171,9 +171,8 @@ def _create(out: Path, head: Dict[str, Any], force: bool) -> Dict[str, Any]:
                 manifest = dict(manifest, done=[], complete=False)
                 _write_json(path, manifest)
             with atomic_path(f) as tmp:
-                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                               shape=tuple(spec["shape"]))
-                del mm
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                          shape=tuple(spec["shape"])).flush()
     return manifest
 
 
