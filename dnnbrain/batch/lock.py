@@ -113,3 +113,29 @@ def merge_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on the folder ``out`` itself (no lock file; released when
+    the process dies), for the short critical sections of merging or finalising.
+
+    Yields
+    ------
+    bool
+        True once held; False when another process holds it and ``wait`` is False.
+        Where ``fcntl`` is missing (Windows) it yields True without locking.
+    """
+    if fcntl is None:
+        yield True
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock

@@ -6,42 +6,20 @@ every work item complete; its rows come out in the order a single process writes
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .config import Prepared, prepare
 from .gallery import INDEX_NAME, write_index
-from .lock import merge_lock
+from .lock import folder_lock as _merge_lock, merge_lock
 from .plan import WorkItem, make_plan, unit_text
 from .store import (MANIFEST_NAME, check_output_dir, clean_temps, find_parts, read_manifest,
                     read_marker, write_manifest)
 
 log = logging.getLogger(__name__)
 ConfigLike = Union[str, "os.PathLike[str]", Mapping[str, Any]]
-
-
-@contextlib.contextmanager
-def _merge_lock(out: Path, wait: bool) -> Iterator[bool]:
-    """An exclusive ``flock`` on the output folder itself (no lock file, released if the
-    process dies): yields False when another process holds it and ``wait`` is False."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): shards there should merge with -merge
-        yield True
-        return
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def merge_parts(prep: Prepared, plan: Sequence[WorkItem], n: int,

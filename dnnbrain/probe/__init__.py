@@ -1,0 +1,3 @@
+"""Probing units like a physiologist: activations, top stimuli, receptive fields, synthesis."""
+from .activations import activations, iter_activations  # noqa: F401
+from .actstore import ActivationStore, export_h5, open_activations  # noqa: F401
