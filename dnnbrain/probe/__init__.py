@@ -1,4 +1,4 @@
-"""Probing units like a physiologist: receptive fields, top stimuli (and, on the
-sibling branches, activations and feature visualisation)."""
-from .receptive import (EmpiricalRF, ReceptiveField, empirical_rf, receptive_fields,
-                        theoretical_rf)
+"""Probing units like a physiologist: activations, top stimuli, receptive fields, synthesis."""
+from .activations import activations, iter_activations  # noqa: F401
+from .receptive import (EmpiricalRF, ReceptiveField, empirical_rf,  # noqa: F401
+                        receptive_fields, theoretical_rf)
