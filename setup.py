@@ -41,6 +41,7 @@ setup(
             "dnn_saliency=dnnbrain.cli.saliency:main",
             "dnn_saliency_batch=dnnbrain.cli.saliency_batch:main",
             "dnn_saliency_eval=dnnbrain.cli.saliency_eval:main",
+            "dnn_topstim=dnnbrain.cli.topstim:main",
         ],
     },
 )
