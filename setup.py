@@ -42,6 +42,7 @@ setup(
             "dnn_saliency_batch=dnnbrain.cli.saliency_batch:main",
             "dnn_saliency_eval=dnnbrain.cli.saliency_eval:main",
             "dnn_act=dnnbrain.cli.act:main",
+            "dnn_topstim=dnnbrain.cli.topstim:main",
         ],
     },
 )

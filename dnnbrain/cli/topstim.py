@@ -1,0 +1,151 @@
+"""``dnn_topstim``: the stimuli that drive units of a layer most (and least).
+
+DNNBrain's options (``-net -layer -chn -top -stim -out``) plus ``-reduce max|mean`` (how a
+conv channel's map becomes one number; max by default, as in DNNBrain), ``-bottom`` (also
+the least driving stimuli), ``-weights`` / ``-random-weights`` with ``-seed``, ``-device``,
+``-batch-size`` and ``-force``. For each channel ``c`` it writes
+``{layer}_chn{c}_top{K}.stim.csv`` (DNNBrain's stimulus table: the selected rows with every
+column of ``-stim``, plus ``value`` and, for a conv channel, the ``row``/``col`` of its
+maximum (from 1), in descending order of value, ties by stimulus order) and
+``{layer}_chn{c}_top{K}.png``, a montage of the stimuli cropped to the unit's receptive
+field at that location; with ``-bottom`` the same as ``..._bottom{K}``, ascending. The
+stimuli stream through the network (memory: units x K), so a set of any size fits.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from ..dnn.fingerprint import fingerprint, seeded
+from ..dnn.models import network_names
+from ..io.maps import atomic_write
+from ..io.stim import Stimulus
+from ..probe.actsource import as_source
+from ..probe.montage import layer_field, unit_montage
+from ..probe.taps import parse_layers
+from ..probe.topstim import Ranking, TopStimuli, top_stimuli
+from .common import load_network, load_stimuli, run_main, setup_logging
+from .saliency import _check_out
+
+log = logging.getLogger(__name__)
+PROG = "dnn_topstim"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("-net", required=True, metavar="NET",
+                   help=f"network name, one of {network_names()} (case-insensitive), or "
+                        "timm:<model>")
+    p.add_argument("-layer", required=True, help="layer name (or dotted module path)")
+    p.add_argument("-chn", nargs="+", type=int, metavar="CHN",
+                   help="channel(s), counted from 1 (default: every channel of the layer)")
+    p.add_argument("-top", required=True, type=int, metavar="K",
+                   help="how many stimuli per channel")
+    p.add_argument("-stim", required=True, nargs="+", metavar="STIM",
+                   help="a .stim.csv file, a folder of images, or image files")
+    p.add_argument("-reduce", default="max", choices=["max", "mean"],
+                   help="how a conv channel's map becomes one number (default: max)")
+    p.add_argument("-bottom", action="store_true",
+                   help="also the K stimuli with the smallest values")
+    p.add_argument("-weights", help="weights file (default: offline search, see docs)")
+    p.add_argument("-random-weights", dest="random_weights", action="store_true",
+                   help="random weights (seeded by -seed) instead of trained ones")
+    p.add_argument("-seed", type=int, default=None,
+                   help="seed of the random weights of -random-weights (default: 0)")
+    p.add_argument("-device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("-batch-size", dest="batch_size", type=int, default=64,
+                   help="stimuli per forward pass (default: 64)")
+    p.add_argument("-out", required=True, help="output folder")
+    p.add_argument("-force", action="store_true", help="write into a non-empty -out")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def selection_table(stim: Stimulus, result: TopStimuli, unit: int,
+                    which: str = "top") -> Stimulus:
+    """The selected rows of ``stim`` for row ``unit`` (from 0) of ``result``'s ranking
+    ``which``, best first, with ``value`` (and ``row``/``col`` of a channel's maximum)."""
+    ranking: Ranking = result.top if which == "top" else result.bottom
+    sub = stim[ranking.index[unit]]
+    data = {k: v for k, v in sub.data.items() if k not in ("value", "row", "col")}
+    data["value"] = ranking.value[unit].astype(np.float64)
+    if ranking.location is not None:
+        data["row"] = ranking.location[unit, :, 0]
+        data["col"] = ranking.location[unit, :, 1]
+    return Stimulus(data, path=sub.root, type=sub.header["type"],
+                    title=sub.header.get("title", ""))
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.top < 1:
+        raise ValueError(f"`-top` must be >= 1, got {args.top}")
+    if args.batch_size < 1:
+        raise ValueError(f"`-batch-size` must be >= 1, got {args.batch_size}")
+    if args.chn is not None:
+        bad = [c for c in args.chn if c < 1]
+        if bad:
+            raise ValueError(f"`-chn` values count from 1, got {bad[0]}")
+        if len(set(args.chn)) < len(args.chn):
+            raise ValueError(f"`-chn` names a channel more than once: {args.chn}")
+    if args.random_weights and args.weights:
+        raise ValueError("`-random-weights` and `-weights` exclude each other; pass one")
+    if args.seed is not None and not args.random_weights:
+        raise ValueError(f"`-seed` {args.seed} seeds only -random-weights, which is not "
+                         "given")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"`-seed` must be an integer >= 0, got {args.seed}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check(args)
+    out = Path(args.out)
+    _check_out(out, args.force)
+    stim = load_stimuli(args.stim)
+    if args.top > len(stim):
+        raise ValueError(f"`-top` {args.top} is more than the {len(stim)} stimuli of -stim")
+    with seeded(0 if args.seed is None else args.seed):
+        try:
+            dnn = load_network(args.net, args.weights, args.device,
+                               pretrained=not args.random_weights)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(str(err).replace("pass pretrained=False",
+                                                     "pass -random-weights")) from None
+    log.info("network %s: fingerprint %s", args.net, fingerprint(dnn.model))
+    spec = parse_layers(dnn, args.layer, args.chn)[0]  # checks -layer and -chn first
+    result = top_stimuli(dnn, stim, args.layer, units=args.chn, k=args.top,
+                         reduce=args.reduce, bottom=args.bottom,
+                         batch_size=args.batch_size, progress=args.verbose > 0)
+    source = as_source(stim, dnn.test_transform)
+    rf = layer_field(dnn, spec.layer, tuple(source.load(0, 1).shape[-2:]), spec.call)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.layer.replace("/", "_")
+    written = 0
+    for u, chn in enumerate(result.units):
+        for which in ("top", "bottom") if args.bottom else ("top",):
+            ranking = result.top if which == "top" else result.bottom
+            stem = out / f"{name}_chn{chn}_{which}{args.top}"
+            selection_table(stim, result, u, which).write(f"{stem}.stim.csv")
+            fig = unit_montage(dnn, source, ranking.index[u], ranking.value[u],
+                               ranking.location[u] if ranking.location is not None
+                               else None, rf, result.ids,
+                               suptitle=f"{args.net} {args.layer} chn{chn}: {which} "
+                                        f"{args.top} ({args.reduce})")
+            atomic_write(Path(f"{stem}.png"), fig.savefig)
+            written += 1
+    units = len(result.units)
+    print(f"{PROG}: {'top and bottom' if args.bottom else 'top'} {args.top} of "
+          f"{len(stim)} stimuli for {units} channel{'s' if units != 1 else ''} of "
+          f"{args.layer} (reduce {args.reduce}) -> {out}/ ({written} .stim.csv, "
+          f"{written} .png)")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``dnn_topstim``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return run_main(PROG, lambda: _run(args))
