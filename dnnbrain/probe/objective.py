@@ -114,15 +114,16 @@ def gram_similarity(act: torch.Tensor, groups: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _capture_output(module: Optional[nn.Module]) -> Iterator[dict]:
-    """The latest output of ``module`` in a forward pass, left in the graph (no copy,
-    no detach); the hook lasts the ``with`` block."""
+    """The latest output of ``module`` in a forward pass, in the graph (not detached); a
+    copy, so a later in-place layer (``ReLU(inplace=True)``) cannot change it. The hook
+    lasts the ``with`` block."""
     cap: dict = {}
     if module is None:
         yield cap
         return
 
     def hook(mod, inputs, output):
-        cap["act"] = output
+        cap["act"] = output.clone() if isinstance(output, torch.Tensor) else output
 
     handle = module.register_forward_hook(hook)
     try:
