@@ -9,6 +9,11 @@ import numpy as np
 
 #: SmoothGrad's ways of combining the noisy maps (mean, squared, VarGrad).
 SMOOTH_MODES = ("mean", "squared", "vargrad")
+#: SmoothGrad's one default noise level, everywhere (``SmoothGrad``, ``backprop_smooth``,
+#: the ``smoothgrad`` method of the CLI and YAML runs): noise std as a fraction of each
+#: preprocessed image's ``max - min``. 0.1 is DNNBrain's ``backprop_smooth`` default (the
+#: contract); PAIR's ``stdev_spread`` default is 0.15 -- pass ``sigma_multiplier=0.15``.
+SIGMA_MULTIPLIER = 0.1
 
 
 def no_to_layer(to_layer: Optional[str], method: str) -> None:

@@ -23,7 +23,7 @@ from ..models import DNN
 from ..tokens import TokenLayout, layout_of
 from .calls import Call, CallCounts, call_index, check_call, count_calls
 from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
-from .checks import input_shape_error
+from .checks import SIGMA_MULTIPLIER, input_shape_error
 from .forward import StopForward, eval_mode, pass_hooks
 from .passes import smooth_maps
 from .relu import relu_override
@@ -171,7 +171,8 @@ class SaliencyImage:
         out = self._run(x, lambda xb, ub: self._attribute(xb, ub, to_layer))
         return self._shape(out, batch)
 
-    def backprop_smooth(self, image: Any, n_iter: int = 25, sigma_multiplier: float = 0.1,
+    def backprop_smooth(self, image: Any, n_iter: int = 25,
+                        sigma_multiplier: float = SIGMA_MULTIPLIER,
                         to_layer: Optional[str] = None, seed: Optional[int] = None,
                         mode: str = "mean", preprocessed: bool = False) -> np.ndarray:
         """SmoothGrad (Smilkov et al., 2017): average this method's map over noisy copies.
@@ -181,7 +182,8 @@ class SaliencyImage:
         n_iter : int
             Noisy samples per image.
         sigma_multiplier : float
-            Noise standard deviation as a fraction of ``max - min`` of each preprocessed image.
+            Noise standard deviation as a fraction of ``max - min`` of each preprocessed image
+            (default 0.1, DNNBrain's; the same default as :class:`SmoothGrad`).
         seed : int or None
             Noise seed: same seed, same map. The noise is added to a copy; the input is
             never changed.
