@@ -60,10 +60,15 @@ class SmoothGrad:
         self.mode, self.seed = mode, seed
 
     def set_layer(self, layer: str, unit: Any, reduce: str = "mean",
-                  call: Call = None) -> "SmoothGrad":
+                  call: Call = None, unit_base: int = 1) -> "SmoothGrad":
         """Aim at ``unit`` of ``layer`` (see :meth:`SaliencyImage.set_layer`)."""
-        self.method.set_layer(layer, unit, reduce, call)
+        self.method.set_layer(layer, unit, reduce, call, unit_base)
         return self
+
+    def labelled(self, labels: Any, unit_base: int = 1):
+        """Each image's class for the calls inside a ``with`` block (see
+        :meth:`SaliencyImage.labelled`)."""
+        return self.method.labelled(labels, unit_base)
 
     def get_layer(self):
         """The target as ``(layer, unit)``."""
