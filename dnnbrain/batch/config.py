@@ -118,10 +118,13 @@ def prepare(source: Union[PathLike, Mapping[str, Any]], out: Optional[PathLike] 
         cfg["stimuli"], stim = _stimuli(p, top["stimuli"], base)
     if "targets" in top:
         cfg["targets"] = checks.targets(p, top["targets"], dnn)
+    if "targets" in top and "stimuli" in top:
+        checks.label_units(p, cfg["targets"], stim, cfg["stimuli"], dnn)
     if "methods" in top:
         cfg["methods"] = checks.methods(p, top["methods"], dnn, cfg["seed"] or 0,
                                         cfg["batch_size"] or 1, cfg.get("targets"))
-    cfg["outputs"] = checks.outputs(p, top.get("outputs", {}), base, out)
+    cfg["outputs"] = checks.outputs(p, top.get("outputs", {}), base, out,
+                                    None if title is None else f"out/{title}")
     cfg["evaluate"] = _evaluate(p, top.get("evaluate"))
     cfg["network"] = None if dnn is None else network.record(cfg["model"], dnn)
     network.check_pin(p, top.get("network"), cfg["network"])
