@@ -232,8 +232,9 @@ def test_one_channel_model_refuses_rgb_input_in_one_line():
     with pytest.raises(ValueError) as err:
         saliency(dnn, np.zeros((8, 8, 3), np.uint8), layer="fc", unit=1)
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith("`image` gives the network Gray 3-channel "
-                                              "input but its first layer expects 1 channel")
+    assert "\n" not in msg and msg.startswith("`image` of shape (3, 8, 8) gives the network "
+                                              "Gray 3-channel input but its first layer "
+                                              "expects 1 channel ")
     assert "in_channels=1" in msg and "channels=1" in msg
     assert hook_dicts_empty(dnn.model) and dnn.model.training  # mode as it was
 
