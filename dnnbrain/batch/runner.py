@@ -116,8 +116,9 @@ def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
     stimulus and, via hooks, every target's unit activations (and predicted units)."""
     x = x_cpu.to(device)
     targets = prep.config["targets"]
-    labels = (None if prep.stim.labels is None else
-              [int(v) + 1 for v in prep.stim.labels[item.start:item.stop]])
+    labels = None  # each stimulus's 'label' unit, where a target asks for it
+    if any(LABEL in t["units"] for t in targets):
+        labels = [int(v) + 1 for v in prep.stim.labels[item.start:item.stop]]
     calls: Dict[int, List[Tuple[np.ndarray, List[List[str]]]]] = {}  # target -> per call
 
     def hook(layer: str):
