@@ -149,6 +149,9 @@ def test_batch_then_eval_as_the_readme_writes_it(tmp_path, capsys, monkeypatch):
     assert eval_main(["out/run", "-metrics", "localisation", "-no-plots"]) == 0
     assert (ev / "metrics.json").stat().st_mtime_ns != before
     assert not (ev / ".written-by-run").exists()  # now the user's results: kept
+    mine = (ev / "metrics.json").stat().st_mtime_ns
+    assert batch_main(["run.yaml"]) == 0  # resumes; its evaluate: leaves them alone
+    assert (ev / "metrics.json").stat().st_mtime_ns == mine
     capsys.readouterr()
     assert eval_main(["out/run", "-metrics", "localisation", "-no-plots"]) == 2
     assert "earlier dnn_saliency_eval; pass -force" in capsys.readouterr().err

@@ -247,11 +247,20 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
 def _evaluate(outdir: Path, options: Mapping[str, Any], progress: Optional[bool],
               allow_code: bool = False) -> None:
     """The ``evaluate:`` section: :func:`dnnbrain.evaluate.evaluate_run` on the finished run;
-    a relative ``out_dir`` is inside the run folder."""
+    a relative ``out_dir`` is inside the run folder. Results an earlier
+    ``dnn_saliency_eval`` wrote there are left as they are (a warning says so) unless
+    the section sets ``overwrite``."""
     from ..evaluate import evaluate_run
+    from ..evaluate.core import JSON_NAME, RUN_MARKER
     opts = dict(options)
     if opts.get("out_dir") is not None:
         opts["out_dir"] = outdir / opts["out_dir"]
+    there = Path(opts.get("out_dir") or outdir / "eval")
+    if (there / JSON_NAME).is_file() and not (there / RUN_MARKER).is_file() \
+            and "overwrite" not in opts:  # a user's dnn_saliency_eval results stay
+        log.warning("'%s' holds results of dnn_saliency_eval: the run's evaluate: section "
+                    "leaves them (evaluate: {overwrite: true} replaces them)", there)
+        return
     evaluate_run(outdir, progress=True if progress is None else progress,
                  allow_code=allow_code, by_run=True, **opts)
 
