@@ -156,3 +156,34 @@ def test_batch_then_eval_as_the_readme_writes_it(tmp_path, capsys, monkeypatch):
     assert eval_main(["out/run", "-metrics", "localisation", "-no-plots"]) == 2
     assert "earlier dnn_saliency_eval; pass -force" in capsys.readouterr().err
     assert eval_main(["out/run", "-metrics", "localisation", "-no-plots", "-force"]) == 0
+
+
+def _gray_net():
+    from torch import nn
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(2, 3))
+    return net
+
+
+def test_yaml_grayscale_factory_network_runs_on_ordinary_images(tmp_path):
+    from dnnbrain.batch import register_factory, unregister_factory
+    register_factory("p14_gray_test_net", _gray_net, overwrite=True)
+    try:
+        cfg = {"model": {"factory": "p14_gray_test_net", "img_size": 16, "mean": [0.5],
+                         "std": [0.25]},
+               "stimuli": [str(Path(DEMO).parent / "shape_00.png")],
+               "targets": [{"layer": "4", "units": "label"}], "methods": ["vanilla"],
+               "outputs": {"dir": str(tmp_path / "o"), "save": ["npy"]}}
+        with pytest.raises(ValueError, match=r"targets\[0\]\.units: 'label' needs a 'label' "
+                                             r"column .*image files without labels"):
+            load_config(cfg)
+        cfg["targets"] = [{"layer": "4", "units": [1, 3]}]
+        res = run(cfg, progress=False, workers=0)
+        m = np.load(tmp_path / "o" / rows(res.manifest)[0]["npy"])
+        assert m.shape == (1, 16, 16) and np.abs(m).sum() > 0
+        with pytest.raises(ValueError, match=r"model\.factory: cannot build the network: "
+                                             r"`mean` must hold 1 number \(channels=1\), "
+                                             r"got \[0\.5, 0\.5, 0\.5\]"):
+            load_config(dict(cfg, model=dict(cfg["model"], mean=[0.5] * 3, std=[0.2] * 3)))
+    finally:
+        unregister_factory("p14_gray_test_net")

@@ -38,7 +38,7 @@ def layer_shape(dnn: DNN, layer: str) -> Optional[Tuple[int, ...]]:
     if not size:
         return None
     try:
-        x = torch.zeros((1, 3) + tuple(size), device=dnn.device)
+        x = torch.zeros((1, dnn.test_transform.channels) + tuple(size), device=dnn.device)
         out = SaliencyImage(dnn).layer_output(x, layer)
     except (ValueError, TypeError, RuntimeError):
         return None
@@ -243,10 +243,10 @@ def method_param_names(name: str, params: Dict[str, Any]) -> List[str]:
 
 
 def input_shape(dnn: DNN) -> Optional[Tuple[int, int, int]]:
-    """``(3, H, W)`` of the network's input (its ``test_transform`` size), or None when
-    unknown."""
+    """``(C, H, W)`` of the network's input (its ``test_transform``'s channels and size),
+    or None when the size is unknown."""
     size = dnn.test_transform.size or ((dnn.img_size,) * 2 if dnn.img_size else None)
-    return (3,) + tuple(int(v) for v in size) if size else None
+    return (dnn.test_transform.channels,) + tuple(int(v) for v in size) if size else None
 
 
 def _check_at_targets(p: Problems, path: str, name: str, obj: Any, params: Dict[str, Any],

@@ -251,9 +251,10 @@ def _model(p: Problems, value: Any, base: Path,
                            integer(p, "model.img_size", d["img_size"], 1))
         for k in ("mean", "std"):
             v = d.get(k, dflt[k])
-            if v is not None and not (isinstance(v, list) and len(v) == 3 and all(
+            if v is not None and not (isinstance(v, list) and len(v) in (1, 3) and all(
                     isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-                p.add(f"model.{k}", f"must be null or a list of 3 numbers, got {v!r}")
+                p.add(f"model.{k}", f"must be null or a list of 3 numbers (1 for a "
+                                    f"grayscale network), got {v!r}")
             res[k] = v
     # unknown keys and the device do not keep the network from being built (on the CPU)
     buildable = len(p) == n0 and (res.get("name") or res.get("factory"))
