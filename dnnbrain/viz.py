@@ -249,8 +249,9 @@ def to_uint8_image(x: Any, transform: Any = None) -> np.ndarray:
     ----------
     x : PIL.Image, path, numpy.ndarray or torch.Tensor
         Without ``transform``: anything :func:`dnnbrain.dnn.base.load_image` takes (HW /
-        HWC / CHW, uint8 0..255 or float 0..1). With it: a ``(3, H, W)`` or
-        ``(1, 3, H, W)`` network input.
+        HWC / CHW, uint8 0..255 or float 0..1). With it: a ``(C, H, W)`` or
+        ``(1, C, H, W)`` network input, ``C`` the transform's ``channels`` (3, or 1 for
+        a grayscale network: shown gray).
     transform : object with ``denormalize`` or None
         E.g. ``dnn.test_transform``: ``denormalize((N, 3, H, W) tensor) -> pixels 0..1``
         shows the image as the network saw it.
@@ -264,13 +265,15 @@ def to_uint8_image(x: Any, transform: Any = None) -> np.ndarray:
         if not callable(getattr(transform, "denormalize", None)):
             raise TypeError("`transform` must have a denormalize(x) method (such as "
                             f"dnn.test_transform), got {type(transform).__name__}")
+        c = getattr(transform, "channels", 3)  # 1: a grayscale network's input
         if not isinstance(x, (np.ndarray, torch.Tensor)) or x.ndim not in (3, 4) \
-                or (x.ndim == 4 and x.shape[0] != 1) or x.shape[-3] != 3:
-            raise ValueError("with `transform`, `image` must be a (3, H, W) or (1, 3, H, W) "
-                             f"network input, got {type(x).__name__} {np.shape(x)}")
+                or (x.ndim == 4 and x.shape[0] != 1) or x.shape[-3] != c:
+            raise ValueError(f"with `transform`, `image` must be a ({c}, H, W) or (1, {c}, H,"
+                             f" W) network input, got {type(x).__name__} {np.shape(x)}")
         t = torch.as_tensor(x).detach().to("cpu", torch.float32)
         with torch.no_grad():
             pix = torch.as_tensor(transform.denormalize(t if t.ndim == 4 else t[None]))[0]
+        pix = pix.expand(3, -1, -1) if c == 1 else pix
     else:
         arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
         if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and arr.size and not (

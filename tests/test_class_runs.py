@@ -173,14 +173,18 @@ def test_yaml_grayscale_factory_network_runs_on_ordinary_images(tmp_path):
                          "std": [0.25]},
                "stimuli": [str(Path(DEMO).parent / "shape_00.png")],
                "targets": [{"layer": "4", "units": "label"}], "methods": ["vanilla"],
-               "outputs": {"dir": str(tmp_path / "o"), "save": ["npy"]}}
+               "outputs": {"dir": str(tmp_path / "o"), "save": ["npy", "png", "overlay"]}}
         with pytest.raises(ValueError, match=r"targets\[0\]\.units: 'label' needs a 'label' "
                                              r"column .*image files without labels"):
             load_config(cfg)
         cfg["targets"] = [{"layer": "4", "units": [1, 3]}]
         res = run(cfg, progress=False, workers=0)
-        m = np.load(tmp_path / "o" / rows(res.manifest)[0]["npy"])
+        row = rows(res.manifest)[0]
+        m = np.load(tmp_path / "o" / row["npy"])
         assert m.shape == (1, 16, 16) and np.abs(m).sum() > 0
+        from PIL import Image
+        over = np.asarray(Image.open(tmp_path / "o" / row["overlay"]))
+        assert over.shape == (16, 16, 3)  # the 1-channel input shown gray under the map
         with pytest.raises(ValueError, match=r"model\.factory: cannot build the network: "
                                              r"`mean` must hold 1 number \(channels=1\), "
                                              r"got \[0\.5, 0\.5, 0\.5\]"):
