@@ -185,6 +185,10 @@ def test_maxabs_channel_reduction_values():
         np.testing.assert_array_equal(pics[k], viz.heatmap(g[k], "inferno", 99.0,
                                                             reduce="maxabs"))
     assert not np.array_equal(pics[0], heatmaps(g.numpy()[:1], "inferno", 99.0)[0])
+    with pytest.raises(ValueError, match=r"^`reduce` must be one of \['mean', 'max'\] .*"
+                                         r"viz\.reduce_channels\(maps, 'maxabs'\)$"):
+        saliency(DNN(nn.Sequential(nn.Conv2d(3, 1, 1))), np.zeros((4, 4, 3), np.uint8),
+                 layer="0", unit=1, reduce="maxabs")  # a map's reduction, not a unit's
     for bad in ("max", "abs", None):
         with pytest.raises(ValueError, match=r"^`reduce` must be one of \['sumabs', "
                                              r"'maxabs'\]"):
