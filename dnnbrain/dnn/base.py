@@ -21,6 +21,10 @@ from ..io.images import decode, read_image, upright
 ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray, torch.Tensor]
 
 _CHANNEL_COUNTS = (1, 3, 4)
+#: Channels an :class:`ImageTransform` can give the network.
+CHANNELS = (3, 1)
+#: ITU-R 601-2 luma weights (PIL's ``convert('L')``) of a grayscale transform.
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
 _MODE_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0,
                "I": 65535.0, "F": 1.0}
 
@@ -167,6 +171,12 @@ class ImageTransform:
         256 then 224). None (default): resize straight to ``size``.
     interpolation : {'bilinear', 'bicubic'}
         Resampling of the resize (antialiased either way).
+    channels : {3, 1}
+        Channels of the network input: 3 (RGB) or 1 (grayscale, for a network whose first
+        layer takes one channel: every image is turned to its luminance
+        ``0.299 R + 0.587 G + 0.114 B``, ITU-R 601-2 as PIL's ``'L'`` mode, so ordinary
+        RGB images, grayscale files and arrays all fit). ``mean``/``std`` then hold one
+        number each.
 
     Notes
     -----
@@ -179,7 +189,7 @@ class ImageTransform:
     def __init__(self, size: Union[int, Tuple[int, int], None],
                  mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, resize: Optional[int] = None,
-                 interpolation: str = "bilinear") -> None:
+                 interpolation: str = "bilinear", channels: int = 3) -> None:
         if size is not None:
             size = (size, size) if isinstance(size, int) else size
             if (not isinstance(size, (tuple, list)) or len(size) != 2
@@ -195,9 +205,16 @@ class ImageTransform:
         if interpolation not in ("bilinear", "bicubic"):
             raise ValueError(f"`interpolation` must be one of ['bilinear', 'bicubic'], got "
                              f"{interpolation!r}")
-        self.resize, self.interpolation = resize, interpolation
+        if channels not in CHANNELS or isinstance(channels, bool):
+            raise ValueError(f"`channels` must be 3 (RGB) or 1 (grayscale), got {channels!r}")
+        self.resize, self.interpolation, self.channels = resize, interpolation, int(channels)
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if v is not None and (v.ndim != 1 or len(v) != self.channels):
+                raise ValueError(f"`{name}` must hold {self.channels} number"
+                                 f"{'s' if self.channels > 1 else ''} (channels="
+                                 f"{self.channels}), got {list(np.atleast_1d(v.tolist()))}")
 
     def __call__(self, image: ImageLike) -> torch.Tensor:
         """Transform one image to a float32 ``(3, H, W)`` tensor."""
@@ -206,6 +223,8 @@ class ImageTransform:
     def batch(self, images: Sequence[ImageLike]) -> torch.Tensor:
         """Transform several images to one float32 ``(N, 3, H, W)`` tensor."""
         tensors = [load_image(im) for im in images]
+        if self.channels == 1:
+            tensors = [torch.tensordot(_LUMA, t, dims=1)[None] for t in tensors]
         if self.size is None:
             shapes = {t.shape for t in tensors}
             if len(shapes) > 1:
@@ -246,7 +265,7 @@ class ImageTransform:
         std = None if self.std is None else [round(v, 4) for v in self.std.tolist()]
         extra = (f", resize={self.resize}" if self.resize is not None else "") + \
             (f", interpolation={self.interpolation!r}" if self.interpolation != "bilinear"
-             else "")
+             else "") + (f", channels={self.channels}" if self.channels != 3 else "")
         return f"ImageTransform(size={self.size}, mean={mean}, std={std}{extra})"
 
 
@@ -260,8 +279,9 @@ def _resize(x: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear") -> t
 def _preprocessed(images: Any, transform: ImageTransform) -> torch.Tensor:
     """A preprocessed ``(3, H, W)`` / ``(N, 3, H, W)`` array or tensor, checked, as a float32
     ``(N, C, H, W)`` copy (nothing downstream can touch the caller's tensor)."""
-    want = (f"(3, {transform.size[0]}, {transform.size[1]})" if transform.size
-            else "(3, H, W)")
+    c = getattr(transform, "channels", 3)
+    want = (f"({c}, {transform.size[0]}, {transform.size[1]})" if transform.size
+            else f"({c}, H, W)")
     if not isinstance(images, (np.ndarray, torch.Tensor)) or images.ndim not in (3, 4):
         raise TypeError(f"with preprocessed=True `image` must be a {want} or (N, {want[1:]} "
                         f"tensor or array, got {type(images).__name__}"
@@ -283,6 +303,15 @@ def _preprocessed(images: Any, transform: ImageTransform) -> torch.Tensor:
                          f"or inf values in the preprocessed input of shape "
                          f"{tuple(images.shape)}")
     return x
+
+
+def input_channels(model: Any) -> Optional[int]:
+    """Channels the first convolution of ``model`` takes (its ``in_channels``), or None
+    when it has no convolution (in ``named_modules`` order, the order they were defined)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.conv._ConvNd):
+            return int(module.in_channels)
+    return None
 
 
 def is_batch(images: Any) -> bool:

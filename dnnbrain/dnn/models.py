@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import timmnets, zoo
-from .base import ImageTransform
+from .base import ImageTransform, input_channels
 from .tokens import TokenLayout, check_layouts  # noqa: F401  (TokenLayout: re-export)
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ class DNN:
         Layer table (name -> dotted module path, in forward order). None takes every
         submodule's dotted path from ``model.named_modules()``.
     test_transform : ImageTransform or None
-        Image -> network input. None: pixels scaled to 0..1, resized to ``img_size`` if set.
+        Image -> network input. None: pixels scaled to 0..1, resized to ``img_size`` if set,
+        with one channel (luminance) when the model's first convolution takes one
+        (``in_channels=1``), else three (RGB).
     img_size : int or None
         Side of the square input.
     name : str or None
@@ -93,7 +95,10 @@ class DNN:
         for lname in table:
             self.layer2module(lname)  # fail early on a bad table
         self.img_size = img_size
-        self.test_transform = test_transform or ImageTransform(img_size)
+        if test_transform is None:
+            first = input_channels(model)
+            test_transform = ImageTransform(img_size, channels=1 if first == 1 else 3)
+        self.test_transform = test_transform
         self.name = name or type(model).__name__
         self.classes: Optional[List[str]] = None
         if stem is not None:

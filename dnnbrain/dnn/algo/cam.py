@@ -168,7 +168,7 @@ class _CAM(SaliencyImage):
                 for h in handles:
                     h.remove()
             out = self._target_output(cap)
-            score = select(out, self.units[:1], self.layer, self.reduce,
+            score = select(out, self.probe_units()[:1], self.layer, self.reduce,
                            self.target_layout(out, x))
             live = [(c, outs[id(c[1])]) for c in cands if id(c[1]) in outs and
                     outs[id(c[1])].requires_grad]

@@ -9,6 +9,11 @@ import numpy as np
 
 #: SmoothGrad's ways of combining the noisy maps (mean, squared, VarGrad).
 SMOOTH_MODES = ("mean", "squared", "vargrad")
+#: SmoothGrad's one default noise level, everywhere (``SmoothGrad``, ``backprop_smooth``,
+#: the ``smoothgrad`` method of the CLI and YAML runs): noise std as a fraction of each
+#: preprocessed image's ``max - min``. 0.1 is DNNBrain's ``backprop_smooth`` default (the
+#: contract); PAIR's ``stdev_spread`` default is 0.15 -- pass ``sigma_multiplier=0.15``.
+SIGMA_MULTIPLIER = 0.1
 
 
 def no_to_layer(to_layer: Optional[str], method: str) -> None:
@@ -55,6 +60,10 @@ _SHAPE_ERRORS = re.compile(
     r"of tensor b \(\d+\) at non-singleton dimension")
 
 
+_CHANNEL_ERROR = re.compile(r"expected input\[.*?\] to have (\d+) channels, but got (\d+) "
+                            r"channels")
+
+
 def input_shape_error(err: RuntimeError, shape: Sequence[int], network: str,
                       expected: Optional[Sequence[int]]) -> Optional[ValueError]:
     """A one-line ValueError naming `image` for torch's complaint ``err`` about an input
@@ -64,6 +73,16 @@ def input_shape_error(err: RuntimeError, shape: Sequence[int], network: str,
     text = " ".join(str(err).split())
     if not _SHAPE_ERRORS.search(text):
         return None
+    chan = _CHANNEL_ERROR.search(text)
+    if chan:
+        want, got = int(chan.group(1)), int(chan.group(2))
+        fix = (f"give the DNN test_transform=ImageTransform(size, mean, std, channels={want})"
+               f" (DNN(model) without a test_transform does so itself)" if want in (1, 3) else
+               f"dnnbrain's transforms give 1 or 3 channels: pass {want}-channel network "
+               "input with preprocessed=True")
+        return ValueError(f"`image` gives the network {network} {got}-channel input but its "
+                          f"first layer expects {want} channel{'s' if want != 1 else ''} "
+                          f"(in_channels={want}): {fix}")
     one = tuple(int(v) for v in shape[1:])
     want = (f"its test_transform gives {tuple(expected)}" if expected is not None
             else "its test_transform gives (3, H, W)")

@@ -23,11 +23,12 @@ from ..models import DNN
 from ..tokens import TokenLayout, layout_of
 from .calls import Call, CallCounts, call_index, check_call, count_calls
 from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
-from .checks import input_shape_error
+from .checks import SIGMA_MULTIPLIER, input_shape_error
 from .forward import StopForward, eval_mode, pass_hooks
 from .passes import smooth_maps
 from .relu import relu_override
-from .target import REDUCE, Unit, check_units, resolve_predicted, select, static_size
+from .target import (LABEL, REDUCE, Unit, check_units, from_base, labels_to_units,
+                     resolve_predicted, select, static_size)
 
 log = logging.getLogger(__name__)
 
@@ -103,21 +104,24 @@ class SaliencyImage:
         self._many = False
         self.reduce = "mean"
         self.call: Call = None
+        self._labels: Optional[List[int]] = None  # 1-based, for one call (labelled())
         self._calls = CallCounts()
         if from_layer is not None or from_chn is not None:
             self.set_layer(from_layer, from_chn)
 
     # ---------------------------------------------------------------- target
     def set_layer(self, layer: str, unit: Any, reduce: str = "mean",
-                  call: Call = None) -> "SaliencyImage":
+                  call: Call = None, unit_base: int = 1) -> "SaliencyImage":
         """Aim at ``unit`` of ``layer``.
 
         Parameters
         ----------
         layer : str
             A name from ``dnn.layers`` or a dotted module path.
-        unit : int, (int, int, int), 'predicted', callable, or a list of these
-            Counted from 1. A list gives one map per unit along an extra axis.
+        unit : int, (int, int, int), 'predicted', 'label', callable, or a list of these
+            Counted from ``unit_base`` (1). A list gives one map per unit along an extra
+            axis. ``'label'``: each image's own class, from the labels of
+            :meth:`labelled`.
         reduce : {'mean', 'max'}
             How a conv channel's map becomes one number.
         call : None, 'first', 'last' or int
@@ -125,6 +129,10 @@ class SaliencyImage:
             forward pass: ``'first'``, ``'last'``, or the ``k``-th (from 1; ``-1`` is the
             last). None (default): the last, as captum does, with a one-time warning
             when the layer does run more than once (see :mod:`dnnbrain.dnn.algo.calls`).
+        unit_base : {1, 0}
+            How the numbers of ``unit`` count: 1 (default, as DNNBrain) or 0 (class
+            indices from 0, as Slideflow and PyHealth). Stored 1-based:
+            :meth:`get_layer` gives ``unit + 1`` for ``unit_base=0``.
 
         Returns
         -------
@@ -135,9 +143,43 @@ class SaliencyImage:
         if reduce not in REDUCE:
             raise ValueError(f"`reduce` must be one of {list(REDUCE)}, got {reduce!r}")
         call = check_call(call)
-        self.units, self._many = check_units(unit, static_size(module))
+        self.units, self._many = check_units(from_base(unit, unit_base), static_size(module))
         self.layer, self.reduce, self.call = layer, reduce, call
         return self
+
+    @contextlib.contextmanager
+    def labelled(self, labels: Any, unit_base: int = 1) -> Iterator["SaliencyImage"]:
+        """Each image's class for the calls inside the ``with`` block: the unit
+        ``'label'`` then explains image ``i``'s ``labels[i]``.
+
+        Parameters
+        ----------
+        labels : sequence, numpy.ndarray or torch.Tensor of int
+            ``(N,)``: one label per image of each call inside the block.
+        unit_base : {1, 0}
+            How ``labels`` count: 1 (label ``k`` is unit ``k``) or 0 (class indices from
+            0, e.g. a PyHealth or Slideflow batch: label ``k`` is unit ``k + 1``).
+
+        Examples
+        --------
+        >>> m = VanillaSaliencyImage(dnn).set_layer('fc2', 'label')   # doctest: +SKIP
+        >>> with m.labelled(batch['label'], unit_base=0):            # doctest: +SKIP
+        ...     maps = m.backprop(batch['image'], preprocessed=True)
+        """
+        if self.layer is None:
+            raise ValueError("no target: call set_layer(layer, unit) first")
+        units = labels_to_units(labels, len(labels), unit_base,
+                                static_size(self.dnn.layer2module(self.layer)))
+        before, self._labels = self._labels, units
+        try:
+            yield self
+        finally:
+            self._labels = before
+
+    def probe_units(self) -> List[Unit]:
+        """The target units with ``'label'`` as unit 1: for checks and probes whose cost
+        or validity does not depend on which class is explained."""
+        return [1 if isinstance(u, str) and u == LABEL else u for u in self.units]
 
     def get_layer(self) -> Tuple[Optional[str], Any]:
         """The target as ``(layer, unit)`` (unit as given: one, or a list)."""
@@ -171,7 +213,8 @@ class SaliencyImage:
         out = self._run(x, lambda xb, ub: self._attribute(xb, ub, to_layer))
         return self._shape(out, batch)
 
-    def backprop_smooth(self, image: Any, n_iter: int = 25, sigma_multiplier: float = 0.1,
+    def backprop_smooth(self, image: Any, n_iter: int = 25,
+                        sigma_multiplier: float = SIGMA_MULTIPLIER,
                         to_layer: Optional[str] = None, seed: Optional[int] = None,
                         mode: str = "mean", preprocessed: bool = False) -> np.ndarray:
         """SmoothGrad (Smilkov et al., 2017): average this method's map over noisy copies.
@@ -181,7 +224,8 @@ class SaliencyImage:
         n_iter : int
             Noisy samples per image.
         sigma_multiplier : float
-            Noise standard deviation as a fraction of ``max - min`` of each preprocessed image.
+            Noise standard deviation as a fraction of ``max - min`` of each preprocessed image
+            (default 0.1, DNNBrain's; the same default as :class:`SmoothGrad`).
         seed : int or None
             Noise seed: same seed, same map. The noise is added to a copy; the input is
             never changed.
@@ -415,7 +459,7 @@ class SaliencyImage:
         if self.memory_budget is not None:
             outputs, self._outputs = self._outputs, max(1, self._outputs)
             try:
-                self.rows_per_pass(x, self.units[:1], **kw)
+                self.rows_per_pass(x, self.probe_units()[:1], **kw)
             finally:
                 self._outputs = outputs
 
@@ -494,7 +538,8 @@ class SaliencyImage:
         except RuntimeError as err:
             size = self.dnn.test_transform.size
             bad = input_shape_error(err, x.shape, self.dnn.name,
-                                    None if size is None else (3,) + tuple(size))
+                                    None if size is None else
+                                    (self.dnn.test_transform.channels,) + tuple(size))
             if bad is None:
                 raise
             raise bad from err
@@ -535,6 +580,14 @@ class SaliencyImage:
         n, u = len(x), len(self.units)
         img_idx = torch.arange(n, device=x.device).repeat_interleave(u)
         unit_rows = [self.units[k % u] for k in range(n * u)]
+        if any(isinstance(v, str) and v == LABEL for v in self.units):
+            if self._labels is None or len(self._labels) != n:
+                got = "none" if self._labels is None else f"{len(self._labels)}"
+                raise ValueError(f"`unit` 'label' needs one label per image ({n}), got "
+                                 f"{got}: pass `labels` to saliency(), or call backprop "
+                                 "inside `with method.labelled(labels):`")
+            unit_rows = [self._labels[k // u] if isinstance(v, str) and v == LABEL else v
+                         for k, v in enumerate(unit_rows)]
         self._outputs = n * u
         try:
             if self.shares_units and rows_factor == 1:

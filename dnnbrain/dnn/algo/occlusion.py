@@ -20,7 +20,7 @@ from .calls import Call
 from .checks import no_to_layer
 from .engine import SaliencyImage
 from .passes import perturbed_scores
-from .target import Unit, check_units, resolve_predicted, select
+from .target import Unit, check_units, from_base, resolve_predicted, select
 
 OUTPUTS = ("map", "per_channel")
 MODES = ("bilinear", "bicubic", "nearest")
@@ -202,7 +202,7 @@ class UpsampledActivation(SaliencyImage):
         super().__init__(dnn, from_layer, from_chn, batch_size)
 
     def set_layer(self, layer: str, unit: Any, reduce: str = "mean",
-                  call: Call = None) -> "UpsampledActivation":
+                  call: Call = None, unit_base: int = 1) -> "UpsampledActivation":
         """Aim at channel ``unit`` (from 1, or ``'predicted'``) of ``layer``; see
         :meth:`SaliencyImage.set_layer`.
 
@@ -211,12 +211,12 @@ class UpsampledActivation(SaliencyImage):
         ValueError
             For a spatial unit or a callable: an activation map needs a whole channel.
         """
-        for u in check_units(unit)[0]:
-            if not isinstance(u, int) and u != "predicted":
-                raise ValueError(f"`unit` must be a channel (int from 1) or 'predicted' for "
-                                 f"UpsampledActivation (the map is a whole channel), got "
-                                 f"{u!r}")
-        super().set_layer(layer, unit, reduce, call)
+        for u in check_units(from_base(unit, unit_base))[0]:
+            if not isinstance(u, int) and u not in ("predicted", "label"):
+                raise ValueError(f"`unit` must be a channel (int from 1), 'predicted' or "
+                                 f"'label' for UpsampledActivation (the map is a whole "
+                                 f"channel), got {u!r}")
+        super().set_layer(layer, unit, reduce, call, unit_base)
         return self
 
     def check_input(self, shape: Tuple[int, ...]) -> None:
@@ -224,7 +224,8 @@ class UpsampledActivation(SaliencyImage):
         output with the target channels (a one-row no-grad probe)."""
         super().check_input(shape)
         x = self._probe(shape)
-        self._check_output(self._grid(self.layer_output(x, self.layer), x), self.units)
+        self._check_output(self._grid(self.layer_output(x, self.layer), x),
+                           self.probe_units())
 
     def _grid(self, out: Any, x: torch.Tensor) -> Any:
         """The target layer's output as ``(N, C, h, w)``: a token layer's patch tokens on

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..models import DNN
 from .calls import Call
-from .checks import SMOOTH_MODES, check_noise
+from .checks import SIGMA_MULTIPLIER, SMOOTH_MODES, check_noise
 from .engine import SaliencyImage
 from .passes import check_smooth_input
 
@@ -30,7 +30,8 @@ class SmoothGrad:
         Noisy copies per image (cost: ``n_samples`` x the base method's cost).
     sigma_multiplier : float
         Noise std as a fraction of each preprocessed image's ``max - min`` (PAIR's
-        ``stdev_spread``).
+        ``stdev_spread``). Default 0.1, the same as :meth:`SaliencyImage.backprop_smooth`
+        (:data:`~dnnbrain.dnn.algo.checks.SIGMA_MULTIPLIER`; PAIR's default is 0.15).
     mode : {'mean', 'squared', 'vargrad'}
         Mean map, mean squared map (PAIR ``magnitude=True``), or variance (VarGrad).
     seed : int
@@ -41,7 +42,7 @@ class SmoothGrad:
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
                  batch_size: Optional[int] = None, base: str = "vanilla", n_samples: int = 25,
-                 sigma_multiplier: float = 0.15, mode: str = "mean", seed: int = 0,
+                 sigma_multiplier: float = SIGMA_MULTIPLIER, mode: str = "mean", seed: int = 0,
                  **base_params: Any) -> None:
         from .registry import METHODS, get_method
         bases = [n for n in METHODS if n != "smoothgrad"]
@@ -59,10 +60,15 @@ class SmoothGrad:
         self.mode, self.seed = mode, seed
 
     def set_layer(self, layer: str, unit: Any, reduce: str = "mean",
-                  call: Call = None) -> "SmoothGrad":
+                  call: Call = None, unit_base: int = 1) -> "SmoothGrad":
         """Aim at ``unit`` of ``layer`` (see :meth:`SaliencyImage.set_layer`)."""
-        self.method.set_layer(layer, unit, reduce, call)
+        self.method.set_layer(layer, unit, reduce, call, unit_base)
         return self
+
+    def labelled(self, labels: Any, unit_base: int = 1):
+        """Each image's class for the calls inside a ``with`` block (see
+        :meth:`SaliencyImage.labelled`)."""
+        return self.method.labelled(labels, unit_base)
 
     def get_layer(self):
         """The target as ``(layer, unit)``."""

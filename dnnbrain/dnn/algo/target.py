@@ -7,6 +7,10 @@ Units count from 1, as in DNNBrain (``fc3`` unit 540 is ImageNet class index 539
 * ``(c, row, col)`` (tuple of 3 ints, all from 1): one spatial unit of a conv layer;
 * ``'predicted'``: per image, the unit with the largest (reduced) activation, i.e. the
   predicted class on an output layer;
+* ``'label'``: per image, that image's own class: unit ``label + 1`` of a stimulus file's
+  ``label`` column (class indices from 0, DNNBrain's format), or the ``labels`` given with
+  the call (:meth:`~dnnbrain.dnn.algo.SaliencyImage.labelled`, ``saliency(..., labels=)``),
+  counted from ``unit_base``;
 * ``('cls', c)``: feature ``c`` of the class token (the first prefix token) of a token
   layer;
 * a callable ``f(layer_output) -> (N,) tensor``: any scalar of the layer's output (as the
@@ -20,6 +24,13 @@ position ``(row, col)`` (from 1), and ``'predicted'`` takes the largest patch-re
 feature.
 
 A list of these is several units; their maps come out along an extra axis.
+
+``unit_base`` (0 or 1, default 1) says how the numbers given count: 1 (dnnbrain's and
+DNNBrain's convention) or 0 (class indices as Slideflow, PyHealth, torchvision datasets and
+most PyTorch code count them). Every number of a unit (channel, row, col, class-token
+feature) and every given label is shifted once, where it is given, by
+:func:`from_base`; everything after that -- the engine, file names, manifests -- sees
+1-based units only, so files never mix conventions.
 """
 from __future__ import annotations
 
@@ -33,6 +44,10 @@ from ..tokens import TokenLayout, patches, prefix_tokens, require_grid
 Unit = Union[int, Tuple[int, int, int], Tuple[str, int], str,
              Callable[[torch.Tensor], torch.Tensor]]
 REDUCE = ("mean", "max")
+#: The per-image unit: each image's own class (see :func:`labels_to_units`).
+LABEL = "label"
+#: Values ``unit_base`` accepts.
+UNIT_BASES = (0, 1)
 
 
 def _is_int(v: Any) -> bool:
@@ -65,11 +80,105 @@ def check_unit(unit: Any, n_units: int = 0, name: str = "unit") -> Unit:
         if min(unit[1:]) < 1:
             raise ValueError(f"`{name}` row and col count from 1, got {unit!r}")
         return tuple(int(v) for v in unit)
-    if unit == "predicted" or callable(unit):
+    if unit == "predicted" or unit == LABEL or callable(unit):
         return unit
     raise TypeError(f"`{name}` must be an int channel (from 1), a (channel, row, col) tuple,"
-                    f" ('cls', channel), 'predicted', a callable or a list of these, got "
-                    f"{unit!r}")
+                    f" ('cls', channel), 'predicted', 'label', a callable or a list of these,"
+                    f" got {unit!r}")
+
+
+def check_unit_base(unit_base: Any, name: str = "unit_base") -> int:
+    """``unit_base`` checked: 0 or 1 (an int, not a bool).
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``, the value and the choices.
+    """
+    if not _is_int(unit_base) or int(unit_base) not in UNIT_BASES:
+        raise ValueError(f"`{name}` must be 0 (class indices from 0, as Slideflow and "
+                         f"PyHealth count) or 1 (dnnbrain's default), got {unit_base!r}")
+    return int(unit_base)
+
+
+def from_base(unit: Any, unit_base: int = 1) -> Any:
+    """``unit`` (one or a list, as :func:`check_units` takes them) counted from
+    ``unit_base``, as dnnbrain counts it (from 1): every int of a channel, a
+    ``(channel, row, col)`` or a ``('cls', feature)`` plus ``1 - unit_base``;
+    ``'predicted'``, ``'label'`` and callables unchanged (``'label'`` is shifted where its
+    labels are given, :func:`labels_to_units`). Nothing else is checked here.
+
+    >>> from_base([0, (2, 0, 0), ('cls', 4), 'label'], unit_base=0)
+    [1, (3, 1, 1), ('cls', 5), 'label']
+    """
+    shift = 1 - check_unit_base(unit_base)
+    if shift == 0:
+        return unit
+    if isinstance(unit, np.ndarray):
+        unit = unit.tolist()
+    if isinstance(unit, (list, range)):
+        return [from_base(u, unit_base) for u in unit]
+    if _is_int(unit):
+        return int(unit) + shift
+    if isinstance(unit, tuple) and len(unit) == 2 and isinstance(unit[0], str) and \
+            _is_int(unit[1]):
+        return (unit[0], int(unit[1]) + shift)
+    if isinstance(unit, tuple) and all(_is_int(v) for v in unit):
+        return tuple(int(v) + shift for v in unit)
+    return unit
+
+
+def labels_to_units(labels: Any, n: int, unit_base: int = 1, n_units: int = 0,
+                    name: str = "labels") -> List[int]:
+    """Per-image class labels -> 1-based units, checked.
+
+    Parameters
+    ----------
+    labels : sequence, numpy.ndarray or torch.Tensor of int
+        One label per image, ``(n,)``.
+    n : int
+        Number of images.
+    unit_base : {0, 1}
+        How the labels count: 1 (label ``k`` is unit ``k``) or 0 (class indices from 0:
+        label ``k`` is unit ``k + 1``).
+    n_units : int
+        Units of the target layer when known (0: unchecked).
+    name : str
+        What the labels are called in messages.
+
+    Returns
+    -------
+    list of int
+        ``n`` units, from 1.
+
+    Raises
+    ------
+    ValueError
+        On a wrong count, non-integer labels, or a label out of range (the message
+        says which ``unit_base`` was used and suggests the other when it would fit).
+    """
+    base = check_unit_base(unit_base)
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    arr = np.asarray(labels)
+    if arr.ndim == 2 and arr.shape[1] == 1:  # (N, 1) label columns, as loaders give them
+        arr = arr[:, 0]
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise ValueError(f"`{name}` must be one integer class label per image, got "
+                         f"{arr.dtype} of shape {arr.shape}")
+    if len(arr) != n:
+        raise ValueError(f"`{name}` must hold one label per image ({n}), got {len(arr)}")
+    units = [int(v) + 1 - base for v in arr]
+    lo, hi = (min(units), max(units)) if units else (1, 1)
+    if lo < 1 or (n_units and hi > n_units):
+        rng = f"{base}..{n_units - 1 + base}" if n_units else f">= {base}"
+        other = 1 - base
+        fits = lo + base - other >= 1 and (not n_units or hi + base - other <= n_units)
+        hint = f"; if they count from {other}, pass unit_base={other}" if fits else ""
+        bad = int(arr[int(np.argmin(units))] if lo < 1 else arr[int(np.argmax(units))])
+        raise ValueError(f"`{name}` counted from unit_base={base} must be in {rng}, got "
+                         f"{bad}{hint}")
+    return units
 
 
 def check_units(unit: Any, n_units: int = 0) -> Tuple[List[Unit], bool]:
@@ -120,6 +229,10 @@ def select(out: torch.Tensor, units: Sequence[Unit], layer: str,
 
     groups: dict = {}  # kind -> (row indices, units); one gather per kind, not per row
     for b, u in enumerate(units):
+        if isinstance(u, str) and u == LABEL:
+            raise ValueError("`unit` 'label' needs each image's label: pass `labels` (or a "
+                             "Stimulus with a label column) to saliency(), or call "
+                             "backprop inside `with method.labelled(labels):`")
         if isinstance(u, str):
             key = "predicted"
         elif callable(u):
