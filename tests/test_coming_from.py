@@ -1,6 +1,10 @@
 """Every "Coming from ..." snippet (docs/examples/coming_from/*.py) runs, and what it
 computes is checked: against the other library where it is installed and the definitions
 coincide, else against a hand computation."""
+import csv
+import importlib
+import inspect
+import re
 import runpy
 from pathlib import Path
 
@@ -166,3 +170,70 @@ def test_pgc_snippet(tmp_path, monkeypatch):
     assert np.abs(pp - ref).max() < 2e-2
     assert g["score"].shape == (4, 64, 64) and g["picture"].shape == (64, 64, 3)
     assert hook_dicts_empty(model)
+
+
+# --------------------------------------------------------------------------- name tables
+
+PAGES = SNIPPETS.parent.parent / "coming_from"
+CALL = re.compile(r"``([A-Za-z_][\w.]*)\(([^`]*)\)``")
+CLI = re.compile(r"``(dnn_saliency(?:_batch|_eval)?)((?: -[\w-]+)+)``")
+
+
+def known_callables():
+    """The dnnbrain names the tables may use, resolved to the real objects."""
+    from dnnbrain import batch, evaluate, metrics, viz
+    from dnnbrain.dnn import base
+    from dnnbrain.dnn.algo import get_method, method_names, registry
+    from dnnbrain.dnn.algo.engine import SaliencyImage
+    from dnnbrain.dnn.models import DNN
+    from dnnbrain.io.maps import save_map
+    from dnnbrain.io.stim import Stimulus
+    objs = {get_method(n).__name__: get_method(n) for n in method_names()}
+    objs.update(saliency=registry.saliency, DNN=DNN, Stimulus=Stimulus, run=batch.run,
+                evaluate_run=evaluate.evaluate_run, save_map=save_map, to_pil=base.to_pil,
+                set_layer=SaliencyImage.set_layer, backprop=SaliencyImage.backprop,
+                backprop_smooth=SaliencyImage.backprop_smooth)
+    objs.update({n: getattr(viz, n) for n in viz.__all__})
+    objs.update({n: getattr(metrics, n) for n in metrics.__all__})
+    return objs
+
+
+def parameters(obj):
+    return set(inspect.signature(obj).parameters)
+
+
+def cli_options(command):
+    module = {"dnn_saliency": "saliency", "dnn_saliency_batch": "saliency_batch",
+              "dnn_saliency_eval": "saliency_eval"}[command]
+    parser = importlib.import_module(f"dnnbrain.cli.{module}")._parser()
+    return set(parser._option_string_actions)
+
+
+@pytest.mark.parametrize("name", ["dnnbrain", "pair", "slideflow", "pyhealth", "mednet",
+                                  "captum", "pgc"])
+def test_name_table_matches_the_signatures(name):
+    """Every dnnbrain name in a page's table is a real parameter of the function, class
+    or command it is written with: ``Name(param=, other=)`` / ``dnn_saliency -opt``."""
+    objs = known_callables()
+    with open(PAGES / f"names_{name}.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == ["dnnbrain", "notes"] and len(rows) > 5
+    checked = 0
+    for theirs, ours, _notes in rows[1:]:
+        found = 0
+        for head, args in CALL.findall(ours):
+            cls, _, meth = head.partition(".")
+            assert cls in objs, (name, theirs, head)
+            obj = getattr(objs[cls], meth) if meth else objs[cls]
+            keys = set(re.findall(r"(\w+)\s*=", args))
+            keys |= {a.strip() for a in args.split(",") if re.fullmatch(r"\s*\w+\s*", a)}
+            missing = keys - parameters(obj)
+            assert not missing, (name, theirs, head, sorted(missing))
+            found += 1
+        for command, opts in CLI.findall(ours):
+            missing = set(opts.split()) - cli_options(command)
+            assert not missing, (name, theirs, command, sorted(missing))
+            found += 1
+        assert found, (name, theirs, "no dnnbrain name to check")
+        checked += found
+    assert checked >= len(rows) - 1
