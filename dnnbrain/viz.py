@@ -24,6 +24,17 @@ from dnnbrain.dnn.base import is_batch, load_image, norm, resize
 ArrayLike = Union[np.ndarray, torch.Tensor]
 PathLike = Union[str, os.PathLike]
 _MODES = ("RGB", "gray")
+#: How the channels of a saliency map become one value per pixel: ``'sumabs'`` (PAIR's
+#: ``VisualizeImageGrayscale``: ``sum_c |m|``) or ``'maxabs'`` (PyHealth's gradient
+#: saliency map: ``max_c |m|``).
+CHANNEL_REDUCTIONS = ("sumabs", "maxabs")
+
+
+def _check_reduce(reduce: Any) -> str:
+    if not isinstance(reduce, str) or reduce not in CHANNEL_REDUCTIONS:
+        raise ValueError(f"`reduce` must be one of {list(CHANNEL_REDUCTIONS)} (how a map's "
+                         f"channels become one value per pixel), got {reduce!r}")
+    return reduce
 
 
 def _check_percentile(percentile: Any) -> float:
@@ -64,7 +75,7 @@ def _rescale(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return (x > lo).astype(np.float64)
 
 
-def grayscale(map: ArrayLike, percentile: float = 99) -> np.ndarray:
+def grayscale(map: ArrayLike, percentile: float = 99, reduce: str = "sumabs") -> np.ndarray:
     """PAIR's ``VisualizeImageGrayscale``: ``|map|`` summed over channels, clipped, 0..1.
 
     Parameters
@@ -72,20 +83,54 @@ def grayscale(map: ArrayLike, percentile: float = 99) -> np.ndarray:
     map : numpy.ndarray or torch.Tensor
         ``(3, H, W)`` (channels first, as dnnbrain returns), ``(H, W, 3)`` or ``(H, W)``.
     percentile : float
-        In (0, 100]: values at or above this percentile of the summed map saturate to 1.
+        In (0, 100]: values at or above this percentile of the reduced map saturate to 1.
+    reduce : {'sumabs', 'maxabs'}
+        ``s = sum_c |map|`` (PAIR's, default) or ``s = max_c |map|`` (PyHealth's map).
 
     Returns
     -------
     numpy.ndarray
-        ``(H, W)`` float32 in 0..1: ``clip((s - min(s)) / (P(s) - min(s)), 0, 1)`` with
-        ``s = sum_c |map|``. A constant map gives zeros.
+        ``(H, W)`` float32 in 0..1: ``clip((s - min(s)) / (P(s) - min(s)), 0, 1)``. A
+        constant map gives zeros.
     """
-    return _gray(_as_map(map), _check_percentile(percentile))
+    return _gray(_as_map(map), _check_percentile(percentile), _check_reduce(reduce))
 
 
-def _gray(m: np.ndarray, pct: float) -> np.ndarray:
+def reduce_channels(maps: ArrayLike, reduce: str = "sumabs") -> np.ndarray:
+    """The channels of saliency maps reduced to one value per pixel, unscaled.
+
+    Parameters
+    ----------
+    maps : numpy.ndarray or torch.Tensor
+        ``(..., C, H, W)``: channels third from last, as dnnbrain returns maps
+        (``(C, H, W)``, ``(N, C, H, W)``, ``(N, U, C, H, W)``).
+    reduce : {'sumabs', 'maxabs'}
+        ``sum_c |m|`` (PAIR's grayscale, default) or ``max_c |m|`` (PyHealth's gradient
+        saliency map, ``torch.max(torch.abs(grad), dim=1)``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., H, W)`` float32, non-negative.
+
+    Examples
+    --------
+    >>> reduce_channels(np.array([[[1.0]], [[-3.0]], [[2.0]]]), 'maxabs')
+    array([[3.]], dtype=float32)
+    """
+    how = _check_reduce(reduce)
+    arr = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+    if arr.ndim < 3 or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"`maps` must be numbers shaped (..., C, H, W), got "
+                         f"{arr.dtype} of shape {arr.shape}")
+    mag = np.abs(arr.astype(np.float32, copy=False))
+    return mag.sum(axis=-3) if how == "sumabs" else mag.max(axis=-3)
+
+
+def _gray(m: np.ndarray, pct: float, reduce: str = "sumabs") -> np.ndarray:
     """:func:`grayscale` on an :func:`_as_map` array."""
-    s = np.abs(m).sum(axis=-1) if m.ndim == 3 else np.abs(m)
+    s = ((np.abs(m).sum(axis=-1) if reduce == "sumabs" else np.abs(m).max(axis=-1))
+         if m.ndim == 3 else np.abs(m))
     return _rescale(s, float(s.min()), float(np.percentile(s, pct))).astype(np.float32)
 
 
@@ -147,14 +192,15 @@ def check_figure_options(cmap: Union[str, Colormap] = "gray", vmin: Optional[flo
     _check_limits(vmin, vmax)
 
 
-def _map_2d(map: ArrayLike, percentile: Optional[float]) -> tuple:
+def _map_2d(map: ArrayLike, percentile: Optional[float], reduce: str = "sumabs") -> tuple:
     """Map -> (2-D float array, percentile still to apply). A 3-D map is reduced with
     :func:`grayscale` (which uses up the percentile; None means no clipping)."""
     m = _as_map(map)
     pct = None if percentile is None else _check_percentile(percentile)
     if m.ndim == 2:
         return m, pct
-    return _gray(m, 100.0 if pct is None else pct).astype(np.float64), None
+    return _gray(m, 100.0 if pct is None else pct, _check_reduce(reduce)).astype(
+        np.float64), None
 
 
 def _colorize(m: np.ndarray, cmap: Union[str, Colormap], percentile: Optional[float],
@@ -169,7 +215,7 @@ def _colorize(m: np.ndarray, cmap: Union[str, Colormap], percentile: Optional[fl
 
 def heatmap(map: ArrayLike, cmap: Union[str, Colormap] = "inferno",
             percentile: Optional[float] = None, vmin: Optional[float] = None,
-            vmax: Optional[float] = None) -> np.ndarray:
+            vmax: Optional[float] = None, reduce: str = "sumabs") -> np.ndarray:
     """Colour a saliency map with a matplotlib colormap (Slideflow's ``inferno``).
 
     Parameters
@@ -184,13 +230,15 @@ def heatmap(map: ArrayLike, cmap: Union[str, Colormap] = "inferno",
     vmin, vmax : float or None
         Mapped to the colormap's ends (default: the map's min and max), values outside
         clipped. A constant map gives the low end everywhere.
+    reduce : {'sumabs', 'maxabs'}
+        How a 3-D map's channels are reduced (:func:`grayscale`).
 
     Returns
     -------
     numpy.ndarray
         ``(H, W, 3)`` uint8 RGB.
     """
-    m, pct = _map_2d(map, percentile)
+    m, pct = _map_2d(map, percentile, reduce)
     return _colorize(m, cmap, pct, vmin, vmax)
 
 
@@ -201,8 +249,9 @@ def to_uint8_image(x: Any, transform: Any = None) -> np.ndarray:
     ----------
     x : PIL.Image, path, numpy.ndarray or torch.Tensor
         Without ``transform``: anything :func:`dnnbrain.dnn.base.load_image` takes (HW /
-        HWC / CHW, uint8 0..255 or float 0..1). With it: a ``(3, H, W)`` or
-        ``(1, 3, H, W)`` network input.
+        HWC / CHW, uint8 0..255 or float 0..1). With it: a ``(C, H, W)`` or
+        ``(1, C, H, W)`` network input, ``C`` the transform's ``channels`` (3, or 1 for
+        a grayscale network: shown gray).
     transform : object with ``denormalize`` or None
         E.g. ``dnn.test_transform``: ``denormalize((N, 3, H, W) tensor) -> pixels 0..1``
         shows the image as the network saw it.
@@ -216,13 +265,15 @@ def to_uint8_image(x: Any, transform: Any = None) -> np.ndarray:
         if not callable(getattr(transform, "denormalize", None)):
             raise TypeError("`transform` must have a denormalize(x) method (such as "
                             f"dnn.test_transform), got {type(transform).__name__}")
+        c = getattr(transform, "channels", 3)  # 1: a grayscale network's input
         if not isinstance(x, (np.ndarray, torch.Tensor)) or x.ndim not in (3, 4) \
-                or (x.ndim == 4 and x.shape[0] != 1) or x.shape[-3] != 3:
-            raise ValueError("with `transform`, `image` must be a (3, H, W) or (1, 3, H, W) "
-                             f"network input, got {type(x).__name__} {np.shape(x)}")
+                or (x.ndim == 4 and x.shape[0] != 1) or x.shape[-3] != c:
+            raise ValueError(f"with `transform`, `image` must be a ({c}, H, W) or (1, {c}, H,"
+                             f" W) network input, got {type(x).__name__} {np.shape(x)}")
         t = torch.as_tensor(x).detach().to("cpu", torch.float32)
         with torch.no_grad():
             pix = torch.as_tensor(transform.denormalize(t if t.ndim == 4 else t[None]))[0]
+        pix = pix.expand(3, -1, -1) if c == 1 else pix
     else:
         arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
         if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and arr.size and not (
@@ -238,7 +289,7 @@ def to_uint8_image(x: Any, transform: Any = None) -> np.ndarray:
 def overlay(image: Any, map: ArrayLike, alpha: float = 0.5,
             cmap: Union[str, Colormap] = "inferno", percentile: Optional[float] = None,
             transform: Any = None, vmin: Optional[float] = None,
-            vmax: Optional[float] = None) -> np.ndarray:
+            vmax: Optional[float] = None, reduce: str = "sumabs") -> np.ndarray:
     """Blend a colormap heatmap of ``map`` over ``image`` (Slideflow's ``overlay``).
 
     Parameters
@@ -250,7 +301,7 @@ def overlay(image: Any, map: ArrayLike, alpha: float = 0.5,
         whose size differs from the image's is resized to it (bilinear), not the image.
     alpha : float
         Heatmap weight in [0, 1]: 0 gives the image, 1 the heatmap.
-    cmap, percentile, vmin, vmax
+    cmap, percentile, vmin, vmax, reduce
         As in :func:`heatmap`.
 
     Returns
@@ -260,7 +311,7 @@ def overlay(image: Any, map: ArrayLike, alpha: float = 0.5,
     """
     a = _check_alpha(alpha)
     img = to_uint8_image(image, transform)
-    m, pct = _map_2d(map, percentile)
+    m, pct = _map_2d(map, percentile, reduce)
     if m.shape != img.shape[:2]:
         m = resize(m.astype(np.float32), img.shape[:2]).astype(np.float64)
     out = (1.0 - a) * img + a * _colorize(m, cmap, pct, vmin, vmax).astype(np.float64)

@@ -218,11 +218,14 @@ class _Broken(nn.Module):
 
 
 def test_one_channel_model_clear_error_and_bugs_propagate():
+    # DNN(model) gives a 1-channel model a grayscale transform: ordinary images work
     gray = VanillaSaliencyImage(DNN(_Gray(), img_size=8), "conv", 1)
+    assert gray.backprop(np.zeros((8, 8, 3), np.uint8)).shape == (1, 8, 8)
+    rgb = VanillaSaliencyImage(DNN(_Gray(), test_transform=ImageTransform(8)), "conv", 1)
     with pytest.raises(ValueError) as err:
-        gray.backprop(np.zeros((8, 8), np.uint8))
+        rgb.backprop(np.zeros((8, 8), np.uint8))
     msg = one_line(err)
-    assert "expected input" in msg and "does not take its own test_transform's output" in msg
+    assert "first layer expects 1 channel (in_channels=1)" in msg and "channels=1" in msg
     # preprocessed 1-channel input is what it takes
     assert gray.backprop(torch.rand(1, 1, 8, 8), preprocessed=True).shape == (1, 1, 8, 8)
     broken = VanillaSaliencyImage(DNN(_Broken(), img_size=8), "conv", 1)

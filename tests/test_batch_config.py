@@ -114,8 +114,10 @@ def test_missing_stimulus_file_listed(base, stim12, tmp_path):
     assert "stimuli:" in msg and "gone.png" in msg and "shape_00.png'" not in msg
 
 
-def test_yaml_file_relative_paths_resolved_and_defaults(stim12, tmp_path):
+def test_yaml_file_relative_paths_resolved_and_defaults(stim12, tmp_path, monkeypatch):
     (tmp_path / "cfg").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # outputs go below the current folder
     rel = os.path.relpath(stim12, tmp_path / "cfg")
     (tmp_path / "cfg" / "run.yaml").write_text(textwrap.dedent(f"""\
         model: {{name: shapenet}}
@@ -127,7 +129,8 @@ def test_yaml_file_relative_paths_resolved_and_defaults(stim12, tmp_path):
     assert cfg["model"] == {"name": "ShapeNet", "weights": None, "pretrained": True,
                             "device": "auto"}
     assert cfg["stimuli"] == str(stim12)
-    assert cfg["outputs"] == {"dir": str(tmp_path / "cfg" / "out"), "save": ["npy", "png"],
+    assert cfg["outputs"] == {"dir": str(tmp_path / "cwd" / "out" / "run"),
+                              "save": ["npy", "png"],
                               "colormap": "inferno", "percentile": 99.0, "alpha": 0.5}
     assert cfg["targets"] == [{"layer": "fc2", "units": ["predicted"], "reduce": "mean"},
                               {"layer": "conv4", "units": [[2, 3, 4]], "reduce": "mean"}]

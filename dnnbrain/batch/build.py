@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ..dnn.base import ImageTransform
+from ..dnn.base import ImageTransform, input_channels
 from ..dnn.fingerprint import seeded
 from ..dnn.models import DNN, build_network
 from .factories import load_factory
@@ -59,5 +59,7 @@ def _build_model(model: Mapping[str, Any], allow_code: bool) -> DNN:
     if not isinstance(built, torch.nn.Module):
         raise TypeError(f"the factory must return a dnnbrain DNN or a torch.nn.Module, got "
                         f"{type(built).__name__}")
-    transform = ImageTransform(model["img_size"], model["mean"], model["std"])
+    first = input_channels(built)  # a grayscale network gets a grayscale transform
+    transform = ImageTransform(model["img_size"], model["mean"], model["std"],
+                               channels=1 if first == 1 else 3)
     return DNN(built, model["layers"], transform, img_size=model["img_size"])

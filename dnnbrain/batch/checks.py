@@ -12,8 +12,9 @@ import torch
 from ..dnn.algo.calls import call_index, check_call, count_calls
 from ..dnn.algo.engine import SaliencyImage
 from ..dnn.algo.registry import get_method, method_names
-from ..dnn.algo.target import REDUCE, static_size
+from ..dnn.algo.target import LABEL, REDUCE, UNIT_BASES, static_size
 from ..dnn.models import DNN
+from ..viz import CHANNEL_REDUCTIONS
 from ..io.maps import existing_part
 from .plan import layer_folder, unit_folder, unit_text
 from .schema import (DEFAULTS, OUTPUT_KEYS, SAVE_KINDS, TARGET_KEYS, Problems, is_int, key,
@@ -22,7 +23,8 @@ from .schema import (DEFAULTS, OUTPUT_KEYS, SAVE_KINDS, TARGET_KEYS, Problems, i
 #: Constructor arguments the runner sets itself; not method parameters of a config.
 RUNNER_ARGS = ("self", "dnn", "from_layer", "from_chn", "batch_size")
 _LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-_UNIT_FORMS = ("an int channel (from 1), 'predicted', [channel, row, col] (from 1), or "
+_UNIT_FORMS = ("an int channel (from 1), 'predicted', 'label' (each stimulus's own class, "
+               "from the stimulus file's label column), [channel, row, col] (from 1), or "
                "[cls, feature] (a token layer's class token)")
 
 
@@ -36,7 +38,7 @@ def layer_shape(dnn: DNN, layer: str) -> Optional[Tuple[int, ...]]:
     if not size:
         return None
     try:
-        x = torch.zeros((1, 3) + tuple(size), device=dnn.device)
+        x = torch.zeros((1, dnn.test_transform.channels) + tuple(size), device=dnn.device)
         out = SaliencyImage(dnn).layer_output(x, layer)
     except (ValueError, TypeError, RuntimeError):
         return None
@@ -66,32 +68,35 @@ def _call_exists(p: Problems, path: str, call: Any, dnn: Optional[DNN],
 
 
 def _unit(p: Problems, path: str, u: Any, n: int, hw: Optional[Tuple[int, int]],
-          layer: str) -> Any:
-    """One checked unit (int, 'predicted' or [c, r, col]), or None after a problem."""
-    rng = f"1..{n}" if n else ">= 1"
-    if u == "predicted":
+          layer: str, base: int = 1) -> Any:
+    """One checked unit (int, 'predicted', 'label' or [c, r, col]) counted from ``base``
+    (the target's ``unit_base``), returned counted from 1; None after a problem."""
+    rng = f"{base}..{n - 1 + base}" if n else f">= {base}"
+    frm = f"from {base}" + ("" if base == 1 else ", unit_base 0")
+    if u in ("predicted", LABEL):
         return u
     if is_int(u):
-        if u < 1 or (n and u > n):
-            p.add(path, f"must be {f'in {rng}' if n else rng} (units count from 1"
+        if u < base or (n and u > n - 1 + base):
+            p.add(path, f"must be {f'in {rng}' if n else rng} (units count {frm}"
                         f"{f'; layer {layer!r} has {n} units' if n else ''}), got {u}")
             return None
-        return int(u)
+        return int(u) + 1 - base
     if isinstance(u, list) and len(u) == 2 and u[0] == "cls" and is_int(u[1]):
-        if u[1] < 1 or (n and u[1] > n):
-            p.add(path, f"class-token feature must be {f'in {rng}' if n else rng} (from 1)"
+        if u[1] < base or (n and u[1] > n - 1 + base):
+            p.add(path, f"class-token feature must be {f'in {rng}' if n else rng} ({frm})"
                         f", got {u[1]}")
             return None
-        return ["cls", int(u[1])]
+        return ["cls", int(u[1]) + 1 - base]
     if isinstance(u, list) and len(u) == 3 and all(is_int(v) for v in u):
-        c, r, col = (int(v) for v in u)
+        c, r, col = (int(v) + 1 - base for v in u)
         ok = c >= 1 and (not n or c <= n) and r >= 1 and col >= 1
         if ok and hw is not None:
             ok = r <= hw[0] and col <= hw[1]
         if not ok:
-            lim = f"channel {rng}" + (f", row 1..{hw[0]}, col 1..{hw[1]}" if hw else
-                                      ", row and col >= 1")
-            p.add(path, f"spatial unit must be within {lim} of layer {layer!r} (from 1), "
+            lim = f"channel {rng}" + (
+                f", row {base}..{hw[0] - 1 + base}, col {base}..{hw[1] - 1 + base}" if hw
+                else f", row and col >= {base}")
+            p.add(path, f"spatial unit must be within {lim} of layer {layer!r} ({frm}), "
                         f"got {u}")
             return None
         return [c, r, col]
@@ -100,7 +105,7 @@ def _unit(p: Problems, path: str, u: Any, n: int, hw: Optional[Tuple[int, int]],
 
 
 def _units(p: Problems, path: str, value: Any, dnn: Optional[DNN],
-           layer: Optional[str]) -> Optional[List[Any]]:
+           layer: Optional[str], base: int = 1) -> Optional[List[Any]]:
     items = value if isinstance(value, list) else [value]
     if not items:
         p.add(path, f"must be one unit or a non-empty list of units ({_UNIT_FORMS})")
@@ -114,7 +119,7 @@ def _units(p: Problems, path: str, value: Any, dnn: Optional[DNN],
                 n = n or shape[0]
                 hw = tuple(shape[1:3]) if len(shape) == 3 else None
     out = [_unit(p, key(path, j) if isinstance(value, list) else path, u, n, hw,
-                 layer or "?") for j, u in enumerate(items)]
+                 layer or "?", base) for j, u in enumerate(items)]
     if any(u is None for u in out):
         return None
     seen: Set[str] = set()
@@ -149,7 +154,15 @@ def targets(p: Problems, value: Any, dnn: Optional[DNN]) -> Optional[List[Dict[s
                                           f"path of the model), got {layer!r}")
                 layer = None
         reduce = string(p, key(path, "reduce"), d.get("reduce", DEFAULTS["reduce"]), REDUCE)
-        units = _units(p, key(path, "units"), d["units"], dnn, layer) if "units" in d else None
+        base = d.get("unit_base", 1)
+        if not is_int(base) or base not in UNIT_BASES:
+            p.add(key(path, "unit_base"), f"must be 0 (units counted from 0, as Slideflow and "
+                  f"PyHealth count classes) or 1 (the default), got {type_name(base)} "
+                  f"{base!r}")
+            base = None
+        units = (_units(p, key(path, "units"), d["units"], dnn, layer, base)
+                 if "units" in d and base is not None else None)
+        # resolved 1-based: the resolved config, file names and manifests never mix counts
         out.append({"layer": layer, "units": units, "reduce": reduce})
         if d.get("call") is not None:  # absent: the engine's default (digests unchanged)
             try:
@@ -167,6 +180,37 @@ def targets(p: Problems, value: Any, dnn: Optional[DNN]) -> Optional[List[Dict[s
                       f"<method>/{where[0]}/{where[1]}/ (merge the two targets)")
             folders.setdefault(where, path)
     return out
+
+
+def label_units(p: Problems, targets: Optional[List[Dict[str, Any]]], stim: Any,
+                stimuli: Any, dnn: Optional[DNN]) -> None:
+    """Targets with the unit ``'label'`` need the stimuli's ``label`` column (class
+    indices from 0: stimulus ``i`` explains unit ``label[i] + 1``), every label within
+    the target layer's units; checked before any work."""
+    for i, t in enumerate(targets or []):
+        if not t or not t.get("units") or LABEL not in t["units"] or stim is None:
+            continue
+        path = key(key(key("targets", i), "units"), t["units"].index(LABEL)) \
+            if len(t["units"]) > 1 else key(key("targets", i), "units")
+        if stim.labels is None:
+            where = (f"the stimulus file '{stimuli}' has columns {list(stim.data)}"
+                     if isinstance(stimuli, str) and stimuli.endswith(".csv") else
+                     "the stimuli are image files without labels")
+            p.add(path, f"'label' needs a 'label' column (class indices from 0) in the "
+                        f"stimuli: {where}")
+            continue
+        n = static_size(dnn.layer2module(t["layer"])) if dnn is not None and t["layer"] \
+            else 0
+        if n == 0 and dnn is not None and t["layer"]:
+            shape = layer_shape(dnn, t["layer"])
+            n = shape[0] if shape else 0
+        lo, hi = int(stim.labels.min()), int(stim.labels.max())
+        if lo < 0 or (n and hi + 1 > n):
+            bad = lo if lo < 0 else hi
+            sid = stim.ids[int(list(stim.labels).index(bad))]
+            p.add(path, f"'label' of stimulus {sid!r} is {bad}: labels are class indices "
+                        f"from 0 and layer {t['layer']!r} has "
+                        f"{f'{n} units (labels 0..{n - 1})' if n else 'no such unit'}")
 
 
 # ----------------------------------------------------------------------------- methods
@@ -199,10 +243,10 @@ def method_param_names(name: str, params: Dict[str, Any]) -> List[str]:
 
 
 def input_shape(dnn: DNN) -> Optional[Tuple[int, int, int]]:
-    """``(3, H, W)`` of the network's input (its ``test_transform`` size), or None when
-    unknown."""
+    """``(C, H, W)`` of the network's input (its ``test_transform``'s channels and size),
+    or None when the size is unknown."""
     size = dnn.test_transform.size or ((dnn.img_size,) * 2 if dnn.img_size else None)
-    return (3,) + tuple(int(v) for v in size) if size else None
+    return (dnn.test_transform.channels,) + tuple(int(v) for v in size) if size else None
 
 
 def _check_at_targets(p: Problems, path: str, name: str, obj: Any, params: Dict[str, Any],
@@ -303,18 +347,23 @@ def methods(p: Problems, value: Any, dnn: Optional[DNN], seed: int,
 # ----------------------------------------------------------------------------- outputs
 
 
-def outputs(p: Problems, value: Any, base: Path, out: Any = None) -> Optional[Dict[str, Any]]:
-    """Checked ``outputs`` with defaults; ``out`` (relative to the cwd) overrides ``dir``."""
+def outputs(p: Problems, value: Any, base: Path, out: Any = None,
+            default_dir: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """Checked ``outputs`` with defaults; ``out`` overrides ``dir``. Both, when relative,
+    are relative to the current folder (never to the config's folder, so a config kept
+    with the sources does not write into them); ``default_dir`` (None:
+    ``DEFAULTS['outputs']['dir']``) when neither is given (``out/<config name>`` for a
+    file). ``base`` (the config's folder) is not used for outputs."""
     d = mapping(p, "outputs", value if value is not None else {}, OUTPUT_KEYS)
     if d is None:
         return None
     dflt = DEFAULTS["outputs"]
     res: Dict[str, Any] = {}
-    folder = string(p, "outputs.dir", d.get("dir", dflt["dir"]))
+    folder = string(p, "outputs.dir", d.get("dir", default_dir or dflt["dir"]))
     if out is not None:
         res["dir"] = str(Path(out).absolute())
     elif folder is not None:
-        res["dir"] = str((base / folder).absolute())
+        res["dir"] = str((Path.cwd() / folder).absolute())
     there = existing_part(res["dir"]) if res.get("dir") is not None else None
     if there is not None and not there.is_dir():
         given = " (given by -out)" if out is not None else ""
@@ -330,4 +379,6 @@ def outputs(p: Problems, value: Any, base: Path, out: Any = None) -> Optional[Di
     res["percentile"] = None if pct is None else number(p, "outputs.percentile", pct, 0, 100,
                                                         lo_open=True)
     res["alpha"] = number(p, "outputs.alpha", d.get("alpha", dflt["alpha"]), 0, 1)
+    if "reduce" in d:  # absent: the default (digests of earlier runs unchanged)
+        res["reduce"] = string(p, "outputs.reduce", d["reduce"], list(CHANNEL_REDUCTIONS))
     return res

@@ -118,10 +118,13 @@ def prepare(source: Union[PathLike, Mapping[str, Any]], out: Optional[PathLike] 
         cfg["stimuli"], stim = _stimuli(p, top["stimuli"], base)
     if "targets" in top:
         cfg["targets"] = checks.targets(p, top["targets"], dnn)
+    if "targets" in top and "stimuli" in top:
+        checks.label_units(p, cfg["targets"], stim, cfg["stimuli"], dnn)
     if "methods" in top:
         cfg["methods"] = checks.methods(p, top["methods"], dnn, cfg["seed"] or 0,
                                         cfg["batch_size"] or 1, cfg.get("targets"))
-    cfg["outputs"] = checks.outputs(p, top.get("outputs", {}), base, out)
+    cfg["outputs"] = checks.outputs(p, top.get("outputs", {}), base, out,
+                                    None if title is None else f"out/{title}")
     cfg["evaluate"] = _evaluate(p, top.get("evaluate"))
     cfg["network"] = None if dnn is None else network.record(cfg["model"], dnn)
     network.check_pin(p, top.get("network"), cfg["network"])
@@ -248,9 +251,10 @@ def _model(p: Problems, value: Any, base: Path,
                            integer(p, "model.img_size", d["img_size"], 1))
         for k in ("mean", "std"):
             v = d.get(k, dflt[k])
-            if v is not None and not (isinstance(v, list) and len(v) == 3 and all(
+            if v is not None and not (isinstance(v, list) and len(v) in (1, 3) and all(
                     isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-                p.add(f"model.{k}", f"must be null or a list of 3 numbers, got {v!r}")
+                p.add(f"model.{k}", f"must be null or a list of 3 numbers (1 for a "
+                                    f"grayscale network), got {v!r}")
             res[k] = v
     # unknown keys and the device do not keep the network from being built (on the CPU)
     buildable = len(p) == n0 and (res.get("name") or res.get("factory"))

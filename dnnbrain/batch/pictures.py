@@ -25,9 +25,10 @@ def _rescale(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.where(hi > lo, scaled, (x > lo).astype(np.float64))
 
 
-def _maps_2d(maps: np.ndarray, percentile: Optional[float]):
+def _maps_2d(maps: np.ndarray, percentile: Optional[float], reduce: str = "sumabs"):
     """``(K, H, W)`` maps as they are, or ``(K, C, H, W)`` (C 1 or 3) reduced as
-    :func:`dnnbrain.viz.grayscale` does; returns (float64 stack, percentile still to apply)."""
+    :func:`dnnbrain.viz.grayscale` does (``reduce``: ``'sumabs'`` or ``'maxabs'``);
+    returns (float64 stack, percentile still to apply)."""
     arr = np.asarray(maps, dtype=np.float64)
     if not np.isfinite(arr).all():
         raise ValueError("`map` contains NaN or inf values")
@@ -36,7 +37,7 @@ def _maps_2d(maps: np.ndarray, percentile: Optional[float]):
     if arr.ndim != 4 or arr.shape[1] not in (1, 3):
         raise ValueError(f"`maps` must be (K, H, W) or (K, C, H, W) with C 1 or 3, got "
                          f"{arr.shape}")
-    s = np.abs(arr).sum(axis=1)
+    s = np.abs(arr).sum(axis=1) if reduce == "sumabs" else np.abs(arr).max(axis=1)
     pct = 100.0 if percentile is None else percentile
     lo = s.min(axis=(1, 2), keepdims=True)
     hi = np.percentile(s, pct, axis=(1, 2), keepdims=True)
@@ -44,7 +45,7 @@ def _maps_2d(maps: np.ndarray, percentile: Optional[float]):
 
 
 def heatmaps(maps: np.ndarray, cmap: str = "inferno",
-             percentile: Optional[float] = None) -> np.ndarray:
+             percentile: Optional[float] = None, reduce: str = "sumabs") -> np.ndarray:
     """:func:`dnnbrain.viz.heatmap` of each map of a stack.
 
     Parameters
@@ -55,13 +56,16 @@ def heatmaps(maps: np.ndarray, cmap: str = "inferno",
         A matplotlib colormap name.
     percentile : float or None
         As in :func:`dnnbrain.viz.heatmap`.
+    reduce : {'sumabs', 'maxabs'}
+        Channel reduction, as in :func:`dnnbrain.viz.heatmap`.
 
     Returns
     -------
     numpy.ndarray
-        ``(K, H, W, 3)`` uint8; ``out[k]`` equals ``viz.heatmap(maps[k], cmap, percentile)``.
+        ``(K, H, W, 3)`` uint8; ``out[k]`` equals
+        ``viz.heatmap(maps[k], cmap, percentile, reduce=reduce)``.
     """
-    m, pct = _maps_2d(maps, percentile)
+    m, pct = _maps_2d(maps, percentile, reduce)
     lo = m.min(axis=(1, 2), keepdims=True)
     hi = (m.max(axis=(1, 2), keepdims=True) if pct is None else
           np.percentile(m, pct, axis=(1, 2), keepdims=True))
@@ -70,7 +74,8 @@ def heatmaps(maps: np.ndarray, cmap: str = "inferno",
 
 
 def overlays(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5,
-             cmap: str = "inferno", percentile: Optional[float] = None) -> np.ndarray:
+             cmap: str = "inferno", percentile: Optional[float] = None,
+             reduce: str = "sumabs") -> np.ndarray:
     """:func:`dnnbrain.viz.overlay` of each map on its image, for maps of the image's size.
 
     Parameters
@@ -79,7 +84,7 @@ def overlays(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5,
         ``(K, H, W, 3)`` uint8 pictures (e.g. :func:`stimulus_pixels`).
     maps : numpy.ndarray
         ``(K, H, W)`` or ``(K, C, H, W)`` maps of the same ``H, W``.
-    alpha, cmap, percentile
+    alpha, cmap, percentile, reduce
         As in :func:`dnnbrain.viz.overlay`.
 
     Returns
@@ -87,7 +92,7 @@ def overlays(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5,
     numpy.ndarray
         ``(K, H, W, 3)`` uint8, ``round((1 - alpha) * image + alpha * heatmap)``.
     """
-    heat = heatmaps(maps, cmap, percentile).astype(np.float64)
+    heat = heatmaps(maps, cmap, percentile, reduce).astype(np.float64)
     out = (1.0 - alpha) * images + alpha * heat
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 

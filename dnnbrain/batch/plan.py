@@ -50,15 +50,18 @@ class WorkItem:
 
 
 def unit_folder(unit: Any) -> str:
-    """Output folder of a unit: ``unit3``, ``unitpred`` or ``unit3_4_5`` (channel, row, col)."""
+    """Output folder of a unit: ``unit3``, ``unitpred``, ``unitlabel`` (each stimulus's
+    own class) or ``unit3_4_5`` (channel, row, col)."""
     return "unit" + unit_text(unit, short=True)
 
 
 def unit_text(unit: Any, short: bool = False) -> str:
-    """A unit as text: ``'3'``, ``'predicted'`` (``'pred'`` with ``short``), ``'3_4_5'``,
-    ``'cls_3'``."""
+    """A unit as text: ``'3'``, ``'predicted'`` (``'pred'`` with ``short``), ``'label'``,
+    ``'3_4_5'``, ``'cls_3'``."""
     if unit == "predicted":
         return "pred" if short else "predicted"
+    if unit == "label":
+        return "label"
     if isinstance(unit, (list, tuple)):
         return "_".join(v if isinstance(v, str) else str(int(v)) for v in unit)
     return str(int(unit))

@@ -7,6 +7,7 @@ PosixPath('/tmp/demo/manifest.csv')
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from ..dnn.algo.calls import call_index
 from ..dnn.algo.engine import eval_mode
 from ..dnn.algo.registry import make_method
-from ..dnn.algo.target import predicted_units, select
+from ..dnn.algo.target import LABEL, predicted_units, select
 from ..dnn.tokens import layout_of
 from .build import runtime_device
 from .config import Prepared, prepare
@@ -91,6 +92,7 @@ class _Batch:
     x: torch.Tensor
     predicted: List[int]
     stats: Dict[int, Tuple[np.ndarray, List[List[str]]]] = field(default_factory=dict)
+    labels: Optional[List[int]] = None  # each stimulus's unit 'label' (label + 1)
 
 
 def describe(item: WorkItem, config: Mapping[str, Any]) -> str:
@@ -114,6 +116,9 @@ def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
     stimulus and, via hooks, every target's unit activations (and predicted units)."""
     x = x_cpu.to(device)
     targets = prep.config["targets"]
+    labels = None  # each stimulus's 'label' unit, where a target asks for it
+    if any(LABEL in t["units"] for t in targets):
+        labels = [int(v) + 1 for v in prep.stim.labels[item.start:item.stop]]
     calls: Dict[int, List[Tuple[np.ndarray, List[List[str]]]]] = {}  # target -> per call
 
     def hook(layer: str):
@@ -125,9 +130,11 @@ def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
                 lay = layout_of(dnn, layer, out, tuple(x.shape[-2:]))
                 for u in tg["units"]:
                     uu = tuple(u) if isinstance(u, list) else u
-                    acts.append(select(out, [uu], layer, tg["reduce"], lay))
+                    rows = labels if u == LABEL else [uu]
+                    acts.append(select(out, rows, layer, tg["reduce"], lay))
                     actual.append([str(v) for v in predicted_units(out, tg["reduce"], lay)]
-                                  if u == "predicted" else [unit_text(u)] * len(out))
+                                  if u == "predicted" else [str(v) for v in labels]
+                                  if u == LABEL else [unit_text(u)] * len(out))
                 calls.setdefault(t, []).append((torch.stack(acts, 1).float().cpu().numpy(),
                                                 actual))
         return fn
@@ -150,7 +157,7 @@ def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
     if missing:
         raise ValueError(f"{', '.join(missing)}: the layer did not run in the forward pass "
                          "or gave no tensor")
-    return _Batch(item.start, x_cpu, x, predicted_units(logits), stats)
+    return _Batch(item.start, x_cpu, x, predicted_units(logits), stats, labels)
 
 
 def _rows(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str],
@@ -220,7 +227,10 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
                         t.get("call"), **m)
                 torch.manual_seed(cfg["seed"] + it.index)
                 tic = time.perf_counter()
-                maps = objs[it.target, it.method].backprop(batch.x, preprocessed=True)
+                obj = objs[it.target, it.method]
+                with (obj.labelled(batch.labels) if LABEL in cfg["targets"][it.target]["units"]
+                      else contextlib.nullcontext()):
+                    maps = obj.backprop(batch.x, preprocessed=True)
                 compute += time.perf_counter() - tic
                 writer.submit(it, _rows(cfg, it, prep.stim.ids, batch), maps, batch.x_cpu)
                 bar.update(maps.shape[0] * maps.shape[1])
@@ -237,13 +247,22 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
 def _evaluate(outdir: Path, options: Mapping[str, Any], progress: Optional[bool],
               allow_code: bool = False) -> None:
     """The ``evaluate:`` section: :func:`dnnbrain.evaluate.evaluate_run` on the finished run;
-    a relative ``out_dir`` is inside the run folder."""
+    a relative ``out_dir`` is inside the run folder. Results an earlier
+    ``dnn_saliency_eval`` wrote there are left as they are (a warning says so) unless
+    the section sets ``overwrite``."""
     from ..evaluate import evaluate_run
+    from ..evaluate.core import JSON_NAME, RUN_MARKER
     opts = dict(options)
     if opts.get("out_dir") is not None:
         opts["out_dir"] = outdir / opts["out_dir"]
+    there = Path(opts.get("out_dir") or outdir / "eval")
+    if (there / JSON_NAME).is_file() and not (there / RUN_MARKER).is_file() \
+            and "overwrite" not in opts:  # a user's dnn_saliency_eval results stay
+        log.warning("'%s' holds results of dnn_saliency_eval: the run's evaluate: section "
+                    "leaves them (evaluate: {overwrite: true} replaces them)", there)
+        return
     evaluate_run(outdir, progress=True if progress is None else progress,
-                 allow_code=allow_code, **opts)
+                 allow_code=allow_code, by_run=True, **opts)
 
 
 def run(config: ConfigLike, force: bool = False, dry_run: bool = False,

@@ -16,9 +16,9 @@ TOP_KEYS = ("title", "model", "stimuli", "targets", "methods", "outputs", "batch
 MODEL_NAMED_KEYS = ("name", "weights", "pretrained", "device")
 MODEL_FACTORY_KEYS = ("factory", "kwargs", "layers", "img_size", "mean", "std", "device")
 #: Keys of one ``targets`` entry.
-TARGET_KEYS = ("layer", "units", "reduce", "call")
+TARGET_KEYS = ("layer", "units", "reduce", "call", "unit_base")
 #: Keys of ``outputs``.
-OUTPUT_KEYS = ("dir", "save", "colormap", "percentile", "alpha")
+OUTPUT_KEYS = ("dir", "save", "colormap", "percentile", "alpha", "reduce")
 #: File kinds ``outputs.save`` accepts, and the file ending each one gets.
 SAVE_KINDS = {"npy": ".npy", "png": ".png", "overlay": "_overlay.png", "nifti": ".nii.gz"}
 #: Defaults of the optional fields.

@@ -61,13 +61,14 @@ def _write_stack(out: Path, outputs: Mapping[str, Any], transform: Any,
                  which: range) -> None:
     """:func:`write_maps` for a few rows: their pictures are made in one go."""
     save, cmap, pct = outputs["save"], outputs["colormap"], outputs["percentile"]
+    red = outputs.get("reduce", "sumabs")
     at = [divmod(r, maps.shape[1]) for r in which]
     stack = np.stack([maps[i, j] for i, j in at])
-    pngs = heatmaps(stack, cmap, pct) if "png" in save else None
+    pngs = heatmaps(stack, cmap, pct, red) if "png" in save else None
     over = None
     if "overlay" in save and stack.shape[-2:] == tuple(images.shape[-2:]):
         pix = stimulus_pixels(images[[i for i, _ in at]], transform)
-        over = overlays(pix, stack, outputs["alpha"], cmap, pct)
+        over = overlays(pix, stack, outputs["alpha"], cmap, pct, red)
     for k, r in enumerate(which):
         row, m = rows[r], stack[k]
         for kind in save:
@@ -78,7 +79,8 @@ def _write_stack(out: Path, outputs: Mapping[str, Any], transform: Any,
                 save_png(path, pngs[k])
             elif kind == "overlay":
                 save_png(path, over[k] if over is not None else viz.overlay(
-                    images[at[k][0]], m, outputs["alpha"], cmap, pct, transform))
+                    images[at[k][0]], m, outputs["alpha"], cmap, pct, transform,
+                    reduce=red))
             else:
                 save_nifti(path, m, nifti_description(row))
 

@@ -12,6 +12,7 @@ Every option is checked before any map is computed or any file is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 from ..batch.checks import input_shape, method_param_names
 from ..batch.plan import map_stem
 from ..dnn.algo.registry import make_method, method_names
+from ..dnn.algo.target import check_unit_base
 from ..dnn.fingerprint import fingerprint, seeded
 from ..dnn.models import network_names
 from ..io.images import image_size
@@ -33,13 +35,14 @@ PROG = "dnn_saliency"
 
 
 def _unit(text: str):
-    if text == "predicted":
+    if text in ("predicted", "label"):
         return text
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"`-chn` values must be ints (from 1) or "
-                                         f"'predicted', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"`-chn` values must be ints (from 1, or from 0 "
+                                         f"with -unit-base 0), 'predicted' or 'label', got "
+                                         f"{text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
                         "timm:<model> for any timm model (pip install timm)")
     p.add_argument("-layer", required=True, help="target layer name (or dotted module path)")
     p.add_argument("-chn", required=True, nargs="+", type=_unit, metavar="CHN",
-                   help="target unit(s), counted from 1, or 'predicted'")
+                   help="target unit(s), counted from 1 (or -unit-base), 'predicted', or "
+                        "'label' (each stimulus's class: its .stim.csv label + 1)")
+    p.add_argument("-unit-base", dest="unit_base", type=int, default=1, metavar="B",
+                   help="how -chn numbers count: 1 (default) or 0 (class indices from 0, "
+                        "as Slideflow/PyHealth); files name the unit from 1")
     p.add_argument("-stim", required=True, nargs="+", metavar="STIM",
                    help="a .stim.csv file, a folder of images, or image files")
     p.add_argument("-meth", default="guided", choices=method_names(), metavar="METH",
@@ -135,6 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     seed = 0 if args.seed is None else args.seed
     if seed < 0:
         raise ValueError(f"`-seed` must be an integer >= 0, got {seed}")
+    check_unit_base(args.unit_base, "-unit-base")
     params = parse_params(args.param)
     allowed = method_param_names(args.meth, params)
     unknown = [k for k in params if k not in allowed]
@@ -149,18 +157,27 @@ def _run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(str(err).replace("pass pretrained=False",
                                                      "pass -random-weights")) from None
     log.info("network %s: fingerprint %s", args.net, fingerprint(dnn.model))
+    labels = None
+    if "label" in args.chn:
+        if stim.labels is None:
+            what = f"'{args.stim[0]}'" if len(args.stim) == 1 else "the image files"
+            raise ValueError(f"`-chn label` needs a 'label' column (class indices from 0) in "
+                             f"the stimuli: {what} has columns {list(stim.data)}")
+        labels = stim.labels
     method = make_method(dnn, args.meth, args.layer, args.chn, args.reduce, args.batch_size,
-                         **params)
+                         unit_base=args.unit_base, **params)
     shape = input_shape(dnn)
     if shape is not None:  # the method's checks that need the input size
         method.check_input(shape)
     (out / "npy").mkdir(parents=True, exist_ok=True)
-    units = list(args.chn)
+    units = [u if isinstance(u, str) else u + 1 - args.unit_base for u in args.chn]
     figures = []
     for start in range(0, len(stim), args.ncol):
         rows = list(range(start, min(start + args.ncol, len(stim))))
         part = stim[rows]
-        maps = method.backprop(part.paths)  # (N, U, ...)
+        with (method.labelled(part.labels, unit_base=0) if labels is not None
+              else contextlib.nullcontext()):
+            maps = method.backprop(part.paths)  # (N, U, ...)
         for i, row in enumerate(rows):
             for k, unit in enumerate(units):
                 save_npy(out / "npy" / f"{names[row]}_{args.layer}_chn{unit}.npy",

@@ -214,7 +214,7 @@ class ImageTransform:
             if v is not None and (v.ndim != 1 or len(v) != self.channels):
                 raise ValueError(f"`{name}` must hold {self.channels} number"
                                  f"{'s' if self.channels > 1 else ''} (channels="
-                                 f"{self.channels}), got {list(np.atleast_1d(v.tolist()))}")
+                                 f"{self.channels}), got {v.tolist()}")
 
     def __call__(self, image: ImageLike) -> torch.Tensor:
         """Transform one image to a float32 ``(3, H, W)`` tensor."""

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from ..batch.config import check_device
 from ..batch.plan import unit_text
 from ..batch.schema import Problems
-from ..io.maps import existing_part
+from ..io.maps import atomic_write, existing_part
 from ..metrics import saliency_magnitude
 from ..metrics.faithfulness import ROAD_PERCENTAGES
 from . import compute, report
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 #: Metric families :func:`evaluate_run` computes, in table order.
 METRICS = ("localisation", "road", "deletion_insertion", "randomisation")
 #: Keyword arguments of :func:`evaluate_run` a YAML ``evaluate:`` mapping may hold.
+#: Marker file beside results written by a run's own ``evaluate:`` section.
+RUN_MARKER = ".written-by-run"
 OPTIONS = ("metrics", "out_dir", "stim", "road_percentages", "road_noise", "n_steps",
            "randomisation_images", "pointing_tolerance", "batch_size", "seed", "device",
            "plots", "overwrite", "progress")
@@ -208,7 +210,8 @@ def evaluate_run(run_dir: PathLike, metrics: Union[str, Sequence[str]] = METRICS
                  road_noise: float = 0.01, n_steps: int = 32, randomisation_images: int = 4,
                  pointing_tolerance: float = 0.0, batch_size: int = 32, seed: int = 0,
                  device: Optional[str] = None, plots: bool = True, overwrite: bool = True,
-                 progress: Optional[bool] = True, allow_code: bool = False) -> Dict[str, Any]:
+                 progress: Optional[bool] = True, allow_code: bool = False,
+                 by_run: bool = False) -> Dict[str, Any]:
     """Evaluate the saved maps of a ``dnn_saliency_batch`` run and compare its methods.
 
     Reads ``manifest.csv`` and ``config.resolved.yaml`` of ``run_dir``, rebuilds the
@@ -276,6 +279,12 @@ def evaluate_run(run_dir: PathLike, metrics: Union[str, Sequence[str]] = METRICS
     allow_code : bool
         Let the run's ``model.factory`` be the user's own code (as the run itself needed
         ``allow_code``); not an option of a config's ``evaluate:`` section.
+    by_run : bool
+        The run's own ``evaluate:`` section is calling (:func:`dnnbrain.batch.run`): the
+        results get a marker file (:data:`RUN_MARKER`), and a later call with
+        ``overwrite=False`` (``dnn_saliency_eval RUN_DIR`` without ``-force``) replaces
+        them instead of refusing. Results of any other call are never replaced without
+        ``overwrite``.
 
     Returns
     -------
@@ -308,9 +317,13 @@ def evaluate_run(run_dir: PathLike, metrics: Union[str, Sequence[str]] = METRICS
     if above is not None and not above.is_dir():
         raise FileExistsError(f"`out_dir` (-out) '{out}' cannot be a folder: '{above}' is a "
                               "file")
-    if not overwrite and (out / JSON_NAME).exists():
-        raise FileExistsError(f"`out_dir` '{out}' already holds {JSON_NAME}; pass -force "
-                              "(overwrite=True) to replace it")
+    by_run_before = (out / RUN_MARKER).is_file()
+    if not overwrite and (out / JSON_NAME).exists() and not by_run_before:
+        raise FileExistsError(f"`out_dir` '{out}' already holds {JSON_NAME} of an earlier "
+                              "dnn_saliency_eval; pass -force (overwrite=True) to replace it, "
+                              "or -out DIR to write elsewhere")
+    if by_run_before and not by_run:
+        log.info("replacing the results the run's own evaluate: section wrote in '%s'", out)
     groups = _groups(run)
     records = [_record(run, row) for row in run.rows]
     needs_net = set(opts.metrics) - {"localisation"}
@@ -348,6 +361,12 @@ def evaluate_run(run_dir: PathLike, metrics: Union[str, Sequence[str]] = METRICS
                                                                              table)]
     if plots:
         files += write_plots(out, result)
+    if by_run:
+        atomic_write(out / RUN_MARKER, lambda f: Path(f).write_text(
+            "written by the evaluate: section of dnn_saliency_batch; dnn_saliency_eval "
+            "replaces these results without -force\n", encoding="utf-8"))
+    else:
+        (out / RUN_MARKER).unlink(missing_ok=True)
     log.info("evaluated %d maps of %d methods in %.1f s; results in %s", len(run.rows),
              len(result["methods"]), time.perf_counter() - tic, out)
     return {**result, "table": table, "files": [str(f) for f in files]}

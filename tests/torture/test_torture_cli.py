@@ -218,6 +218,10 @@ def config_file(mutate=None, name="run.yaml", text=None):
         cfg = c.config
         if mutate is not None:
             mutate(cfg, c)
+        out = cfg.get("outputs") if isinstance(cfg, dict) else None
+        if isinstance(out, dict) and isinstance(out.get("dir"), str) and \
+                not os.path.isabs(out["dir"]):  # outputs are relative to the current folder
+            out["dir"] = str(c.tmp / out["dir"])
         p.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return setup
 

@@ -74,16 +74,22 @@ def input_shape_error(err: RuntimeError, shape: Sequence[int], network: str,
     if not _SHAPE_ERRORS.search(text):
         return None
     chan = _CHANNEL_ERROR.search(text)
+    one = tuple(int(v) for v in shape[1:])
     if chan:
         want, got = int(chan.group(1)), int(chan.group(2))
-        fix = (f"give the DNN test_transform=ImageTransform(size, mean, std, channels={want})"
-               f" (DNN(model) without a test_transform does so itself)" if want in (1, 3) else
-               f"dnnbrain's transforms give 1 or 3 channels: pass {want}-channel network "
-               "input with preprocessed=True")
-        return ValueError(f"`image` gives the network {network} {got}-channel input but its "
-                          f"first layer expects {want} channel{'s' if want != 1 else ''} "
-                          f"(in_channels={want}): {fix}")
-    one = tuple(int(v) for v in shape[1:])
+        gives = None if expected is None else int(expected[0])
+        if gives == want:  # the transform is right: the (preprocessed) input is not
+            fix = (f"its test_transform gives {tuple(expected)}; pass {want}-channel input "
+                   "(or let the test_transform prepare it: preprocessed=False)")
+        elif want in (1, 3):
+            fix = (f"give the DNN test_transform=ImageTransform(size, mean, std, "
+                   f"channels={want}) (DNN(model) without a test_transform does so itself)")
+        else:
+            fix = (f"dnnbrain's transforms give 1 or 3 channels: pass {want}-channel network"
+                   " input with preprocessed=True")
+        return ValueError(f"`image` of shape {one} gives the network {network} {got}-channel "
+                          f"input but its first layer expects {want} channel"
+                          f"{'s' if want != 1 else ''} (in_channels={want}): {fix}")
     want = (f"its test_transform gives {tuple(expected)}" if expected is not None
             else "its test_transform gives (3, H, W)")
     hint = ("; the network does not take its own test_transform's output: give the DNN a "

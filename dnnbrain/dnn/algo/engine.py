@@ -141,7 +141,11 @@ class SaliencyImage:
         """
         module = self.dnn.layer2module(layer)
         if reduce not in REDUCE:
-            raise ValueError(f"`reduce` must be one of {list(REDUCE)}, got {reduce!r}")
+            hint = ("; 'maxabs' and 'sumabs' reduce a map's channels: "
+                    "dnnbrain.viz.reduce_channels(maps, 'maxabs')"
+                    if reduce in ("maxabs", "sumabs") else "")
+            raise ValueError(f"`reduce` must be one of {list(REDUCE)} (how the unit's "
+                             f"activation map becomes one number), got {reduce!r}{hint}")
         call = check_call(call)
         self.units, self._many = check_units(from_base(unit, unit_base), static_size(module))
         self.layer, self.reduce, self.call = layer, reduce, call

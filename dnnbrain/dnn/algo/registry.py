@@ -90,7 +90,9 @@ def saliency(dnn: Union[DNN, nn.Module], images: Any, method: str = "vanilla",
         images, sorted by name) or of a ``.stim.csv`` file; or a mapping batch as
         PyHealth's loaders give it, ``{'image': (N, C, H, W) tensor, 'label': (N,)
         tensor, ...}``: the images are ``images[image_key]``, the labels (for
-        ``unit='label'``) ``images[label_key]``.
+        ``unit='label'``) ``images[label_key]``. A batch's image tensor is treated as
+        any tensor: pixels through ``test_transform``, or with ``preprocessed=True``
+        (what a loader's own transforms made) the network input as it is.
     method : str
         A name from :func:`method_names`.
     layer : str or None
