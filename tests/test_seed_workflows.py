@@ -113,7 +113,7 @@ def test_pyhealth_seed(shapenet, demo_stim, tmp_path):
     batch = {"image": torch.rand(3, 1, 24, 24), "disease": torch.tensor([0, 1, 1])}
     maps = saliency(Probabilities(model), batch, method="vanilla", image_key="image",
                     label_key="disease", preprocessed=True)
-    sal = np.abs(maps).max(axis=1)
+    sal = viz.reduce_channels(maps, "maxabs")
     # PyHealth's arithmetic by hand
     x = batch["image"].clone().requires_grad_(True)
     prob = model(image=x)["y_prob"]

@@ -1,5 +1,4 @@
 """Coming from PyHealth: a dict batch, 0-based labels, a max-|gradient| map."""
-import numpy as np
 import torch
 from torch import nn
 
@@ -14,7 +13,7 @@ batch = {"image": torch.rand(2, 1, 32, 32), "disease": torch.tensor([0, 1])}
 # BasicGradientSaliencyMaps(model, input_batch=batch): the predicted class
 maps = saliency(model, batch, method="vanilla", image_key="image",
                 label_key="disease", preprocessed=True)      # (2, 1, 32, 32)
-sal = np.abs(maps).max(axis=1)                               # max_c |grad|: (2, 32, 32)
+sal = viz.reduce_channels(maps, "maxabs")                    # max_c |grad|: (2, 32, 32)
 
 # ... or each image's own (true) class, counted from 0 as PyHealth counts
 own = saliency(model, batch, method="vanilla", unit="label", unit_base=0,
