@@ -193,7 +193,7 @@ def known_callables():
                 evaluate_run=evaluate.evaluate_run, save_map=save_map, to_pil=base.to_pil,
                 set_layer=SaliencyImage.set_layer, backprop=SaliencyImage.backprop,
                 backprop_smooth=SaliencyImage.backprop_smooth)
-    objs.update({n: getattr(viz, n) for n in viz.__all__})
+    objs.update({n: getattr(viz, n) for n in dir(viz) if not n.startswith("_")})
     objs.update({n: getattr(metrics, n) for n in metrics.__all__})
     return objs
 
