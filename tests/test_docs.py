@@ -135,7 +135,7 @@ def test_sphinx_builds_offline_without_warnings(tmp_path):
     assert "<table" in bench and "<h2" in bench and "```" not in bench
     # the API reference has the modules that used to be missing
     api = (out / "api.html").read_text(encoding="utf-8")
-    for anchor in ("dnnbrain.batch.run", "dnnbrain.evaluate.evaluate_run",
+    for anchor in ("dnnbrain.batch.runner.run", "dnnbrain.evaluate.core.evaluate_run",
                    "dnnbrain.dnn.base.ip", "dnnbrain.viz.to_uint8_image"):
         assert f'id="{anchor}"' in api, anchor
     for page in sorted((DOCS / "coming_from").glob("*.rst")):
