@@ -32,7 +32,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "captum>=0.7", "grad-cam>=1.4", "timm>=0.9"],
         "timm": ["timm>=0.9"],
-        "docs": ["sphinx>=6", "numpydoc>=1.5"],
+        "docs": ["sphinx>=6", "numpydoc>=1.5", "myst-parser>=2", "sphinx-mathjax-offline>=0.0.2"],
     },
     # bin/ holds thin shims for running from a checkout; installed, the same
     # programs come from these console scripts (installing both would clash).

@@ -138,7 +138,7 @@ def deletion_insertion_figure(result: Mapping[str, Any]) -> Optional["Figure"]:
 
 
 def randomisation_figure(result: Mapping[str, Any]) -> Optional["Figure"]:
-    """Mean Spearman rank correlation of |map| with the trained network's map as layers
+    """Mean Spearman rank correlation of ``|map|`` with the trained network's map as layers
     are randomised from the top (cascading), one line per method, one panel per target.
     A method that explains the model falls towards 0."""
     cols = _by_target(result, lambda a: "randomisation" in a)

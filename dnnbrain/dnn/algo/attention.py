@@ -223,10 +223,9 @@ class AttentionRollout(_AttentionMap):
     decides which blocks are rolled out (those before it), the unit is ignored (every
     unit of a layer gives the same map), and ``token`` decides which row is read.
     Cost: one no-grad forward pass, stopped at the target layer.
-    """ + _PARAMS + """
-    head_fusion : {'mean', 'max', 'min'}
+    """ + _PARAMS.replace("    memory_budget :", """    head_fusion : {'mean', 'max', 'min'}
         How the heads of a block are combined (the paper: mean).
-    """
+    memory_budget :""")
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
                  batch_size: Optional[int] = None, *, head_fusion: str = "mean",
