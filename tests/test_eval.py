@@ -165,7 +165,12 @@ def test_existing_results_need_force(tmp_path):
     rc, _, err = _call([run, "-metrics", "localisation"])
     assert rc == 2 and "already holds metrics.json" in err and "-force" in err
     rc, out, _ = _call([run, "-metrics", "localisation", "-force"])
-    assert rc == 0 and out == (run / "eval" / "table.md").read_text(encoding="utf-8")
+    table = (run / "eval" / "table.md").read_text(encoding="utf-8")
+    assert rc == 0 and out == table + (
+        f"dnn_saliency_eval: localisation of 8 maps (2 methods) -> {run / 'eval'}/ "
+        "(metrics.json, table.csv, table.md, 1 plot)\n")
+    rc, out, err = _call([run, "-metrics", "localisation", "-force", "-q"])
+    assert rc == 0 and out == "" and err == ""
 
 
 def test_unknown_stimulus_in_manifest(tmp_path):

@@ -26,7 +26,8 @@ from ..dnn.fingerprint import fingerprint, seeded
 from ..dnn.models import network_names
 from ..io.images import image_size
 from ..io.maps import atomic_write, existing_part, save_npy
-from .common import load_network, load_stimuli, parse_params, run_main, setup_logging
+from .common import (add_verbosity, configure_logging, load_network, load_stimuli,
+                     parse_params, run_main, summary)
 
 log = logging.getLogger(__name__)
 PROG = "dnn_saliency"
@@ -76,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-show", action="store_true", help="also show the figures")
     p.add_argument("-out", required=True, help="output folder")
     p.add_argument("-force", action="store_true", help="write into a non-empty -out")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    add_verbosity(p)
     return p
 
 
@@ -175,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
         figures.append(fname)
         log.info("wrote %s", fname)
     n_maps = len(stim) * len(units)
-    print(f"{PROG}: {n_maps} {args.meth} map{'s' if n_maps != 1 else ''} of layer "
+    summary(args, f"{PROG}: {n_maps} {args.meth} map{'s' if n_maps != 1 else ''} of layer "
           f"{args.layer} ({len(stim)} stimuli x {len(units)} unit"
           f"{'s' if len(units) != 1 else ''}) -> {out}/ ({len(figures)} figure"
           f"{'s' if len(figures) != 1 else ''}, npy/)")
@@ -191,5 +192,5 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_saliency``; returns the exit status."""
     args = _parser().parse_args(argv)
-    setup_logging(args.verbose)
+    configure_logging(args)
     return run_main(PROG, lambda: _run(args))
