@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..batch.gallery import link_evaluation
 from ..evaluate import METRICS, evaluate_run
 from ..metrics.faithfulness import ROAD_PERCENTAGES
 from .common import (add_verbosity, configure_logging, progress_flag, run_main,
@@ -82,6 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         _write_stdout(res["table"])
     out = Path(res["files"][0]).parent
+    link_evaluation(Path(args.run_dir), out)  # the run's index.html links to it
     n_plots = sum(f.endswith(".png") for f in res["files"])
     summary(args, f"{PROG}: {', '.join(res['settings']['metrics'])} of "
                   f"{res['run']['n_maps']} maps ({len(res['methods'])} method"
