@@ -124,7 +124,8 @@ def test_predicted_files_manifest_and_labels(tmp_path, shapenet, demo_stim, caps
     assert [(r["stimulus"], r["requested_unit"], r["unit"], r["class"]) for r in rows] == [
         (p.name, "predicted", str(t), classes[t - 1]) for p, t in zip(stim.paths, top)]
     for r, t, p in zip(rows, top, stim.paths):
-        assert r["file"] == f"npy/{p.stem}_fc2_chn{t}.npy" and (out / r["file"]).is_file()
+        assert r["file"] == f"npy/{p.stem}_fc2_chn{t}.npy"
+        assert np.load(out / r["file"]).shape == (64, 64)  # a Grad-CAM map
     (fig,) = drawn
     texts = [ax.get_title() for ax in fig.axes]
     for t in top:  # method, layer, unit and class name on every map panel

@@ -231,8 +231,7 @@ def _run(args: argparse.Namespace) -> int:
     for start in range(0, len(stim), MAX_FIGURE_STIMULI):
         rows = list(range(start, min(start + MAX_FIGURE_STIMULI, len(stim))))
         part = stim[rows]
-        maps = method.backprop(part.paths)  # (N, U, ...)
-        maps = maps if len(units) > 1 else maps[:, None]
+        maps = method.backprop(part.paths)  # (N, U, ...): -chn is always a list
         resolved = method.resolved_units  # (N, U): 'predicted' -> the unit it chose
         titles = [[""] * len(rows) for _ in units]
         for i, row in enumerate(rows):
