@@ -1,7 +1,9 @@
 """Saliency visualisation: PAIR's grayscale/diverging maps (Smilkov et al. 2017, SmoothGrad),
-colormap heatmaps and overlays (Slideflow), DNNBrain's figure grid, PyHealth's labelled panel.
+colormap heatmaps and overlays (Slideflow), images as the network saw them, colormap
+defaults by sign. The figures (DNNBrain's grid, PyHealth's labelled panel) are in
+:mod:`dnnbrain.figures` (``viz.saliency_grid`` still finds them).
 
-Headless: figures are :class:`matplotlib.figure.Figure` with an Agg canvas, never pyplot.
+Headless: nothing here imports pyplot.
 """
 from __future__ import annotations
 
@@ -9,17 +11,15 @@ import math
 import numbers
 import os
 from pathlib import Path
-from typing import Any, Dict, Hashable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import matplotlib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
-from matplotlib.figure import Figure
 from PIL import Image
 
-from dnnbrain.dnn.base import is_batch, load_image, norm, resize
+from dnnbrain.dnn.base import load_image, resize
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 PathLike = Union[str, os.PathLike]
@@ -318,130 +318,57 @@ def overlay(image: Any, map: ArrayLike, alpha: float = 0.5,
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _clean(ax: Any) -> None:
-    """Axes 'off' but keeping the y label (row titles)."""
-    ax.set(xticks=[], yticks=[])
-    ax.spines[:].set_visible(False)
+#: Default colormap of non-negative maps (CAMs, grayscale |map|): sequential.
+SEQUENTIAL = "inferno"
+#: Default colormap of signed maps, centred on zero (limits +-max|map|): diverging.
+DIVERGING = "RdBu_r"
 
 
-def saliency_grid(images: Any, maps: Any, row_titles: Optional[Sequence[str]] = None,
-                  col_titles: Optional[Sequence[str]] = None, cmap: str = "gray",
-                  vmin: Optional[float] = None, vmax: Optional[float] = None,
-                  mode: str = "RGB", fname: Optional[PathLike] = None,
-                  percentile: float = 99, transform: Any = None) -> Figure:
-    """DNNBrain's ``dnn_saliency`` figure: stimuli in the first row, one row per unit.
-
-    Parameters
-    ----------
-    images : sequence of images, (N, ...) array/tensor, or a Stimulus
-        N stimuli (see :func:`to_uint8_image`; network inputs with ``transform``).
-    maps : array/tensor (U, N, ...) or list of U lists of N maps
-        Map ``[u][n]`` is ``(H, W)``, ``(3, H, W)`` or ``(H, W, 3)``.
-    row_titles, col_titles : sequence of U / N str or None
-        Unit row labels (e.g. ``'fc3_540'``) and titles above the stimuli.
-    cmap, vmin, vmax
-        Colormap and ``imshow`` limits (None: autoscale) for colormapped maps.
-    mode : {'RGB', 'gray'}
-        'gray': :func:`grayscale` (at ``percentile``) with ``cmap``. 'RGB': a 3-channel map
-        min-max normalised as an RGB image; 2-D maps use ``cmap``.
-    fname : str, path or None
-        Save the figure there (format from the extension: PNG, PDF, SVG...).
-    percentile, transform
-        Clipping percentile for ``mode='gray'``; see :func:`to_uint8_image`.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        ``(U + 1) * N`` axes, row-major.
-    """
-    check_figure_options(cmap, vmin, vmax, mode, percentile)
-    percentile = float(percentile)
-    images = getattr(images, "paths", images)  # a Stimulus contributes its files
-    stims = list(images) if is_batch(images) else [images]
-    rows = [list(r) for r in maps]
-    n_img, n_unit = len(stims), len(rows)
-    if not n_img or not n_unit:
-        raise ValueError(f"`images` and `maps` must not be empty, got {n_img} and {n_unit}")
-    for u, r in enumerate(rows):
-        if len(r) != n_img:
-            raise ValueError(f"`maps` row {u} has {len(r)} maps, expected one per image "
-                             f"({n_img}); `maps` is (U units, N images, ...)")
-    for name, titles, n in (("row_titles", row_titles, n_unit),
-                            ("col_titles", col_titles, n_img)):
-        if titles is not None and len(titles) != n:
-            raise ValueError(f"`{name}` must have {n} entries, got {len(titles)}")
-    fig = Figure(figsize=(2.2 * n_img, 2.2 * (n_unit + 1)), layout="constrained")
-    FigureCanvasAgg(fig)  # headless canvas, no pyplot
-    axes = fig.subplots(n_unit + 1, n_img, squeeze=False)
-    for i, stim in enumerate(stims):
-        axes[0, i].imshow(to_uint8_image(stim, transform))
-        _clean(axes[0, i])
-        if col_titles is not None:
-            axes[0, i].set_title(str(col_titles[i]))
-    for u, r in enumerate(rows):
-        for i, mp in enumerate(r):
-            ax = axes[u + 1, i]
-            m = _as_map(mp)
-            if mode == "gray":
-                ax.imshow(_gray(m, percentile), cmap=cmap, vmin=vmin, vmax=vmax)
-            elif m.ndim == 3 and m.shape[-1] == 3:
-                ax.imshow(norm(m))
-            else:
-                ax.imshow(m.reshape(m.shape[:2]), cmap=cmap, vmin=vmin, vmax=vmax)
-            _clean(ax)
-            if row_titles is not None and i == 0:
-                ax.set_ylabel(str(row_titles[u]))
-    if fname is not None:
-        fig.savefig(fname)
-    return fig
+def is_signed(maps: Any) -> bool:
+    """True when any value of ``maps`` (an array, tensor, or a nested list of them) is
+    negative: such maps get :data:`DIVERGING` centred on zero by default."""
+    if isinstance(maps, (list, tuple)):
+        return any(is_signed(m) for m in maps)
+    arr = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+    return bool(arr.size) and float(np.nanmin(arr)) < 0
 
 
-def _label(value: Any, id2label: Optional[Dict[Hashable, Any]], name: str) -> str:
-    value = value.item() if isinstance(value, (torch.Tensor, np.ndarray)) else value
-    if id2label is None:
-        return str(value)
-    if value not in id2label:
-        raise ValueError(f"`{name}` {value!r} is not a key of `id2label` "
-                         f"(keys: {list(id2label)[:10]})")
-    return str(id2label[value])
+def default_cmap(maps: Any) -> str:
+    """:data:`DIVERGING` for signed maps (:func:`is_signed`), else :data:`SEQUENTIAL`."""
+    return DIVERGING if is_signed(maps) else SEQUENTIAL
 
 
-def labelled_panel(image: Any, map: ArrayLike, true_label: Any = None, pred_label: Any = None,
-                   id2label: Optional[Dict[Hashable, Any]] = None, title: Optional[str] = None,
-                   alpha: float = 0.3, cmap: Union[str, Colormap] = "hot",
-                   fname: Optional[PathLike] = None, transform: Any = None) -> Figure:
-    """PyHealth's ``visualize_saliency_map`` panel, headless: the image with the map
-    overlaid and the title ``"True: X, Predicted: Y"``.
+def network_view(image: Any, transform: Any = None) -> np.ndarray:
+    """An image as the network saw it: uint8 ``(H, W, 3)`` pixels.
 
     Parameters
     ----------
-    image, map, alpha, cmap, transform
-        As in :func:`overlay` (PyHealth's defaults: ``alpha=0.3``, ``cmap='hot'``).
-    true_label, pred_label : int, str, 0-d tensor or None
-        Labels shown in the title (looked up in ``id2label``, class index -> name, if given).
-    title : str or None
-        Prefix: ``"{title} - True: X, Predicted: Y"``.
-    fname : str, path or None
-        Save the figure there.
+    image : PIL.Image, path, numpy.ndarray or torch.Tensor
+        With ``transform``: a path or PIL image goes through the transform's geometry
+        (resize, centre crop) and channel handling (alpha dropped as the network's input
+        drops it) and back through ``denormalize``, so it has the size and crop of its
+        map; an array or tensor is taken as a ``(3, H, W)`` network input (see
+        :func:`to_uint8_image`). Without: :func:`to_uint8_image` of the image as it is.
+    transform : ImageTransform or None
+        E.g. ``dnn.test_transform``.
 
     Returns
     -------
-    matplotlib.figure.Figure
-        One axes.
+    numpy.ndarray
+        ``(H, W, 3)`` uint8 (a one-channel input is shown gray).
     """
-    pairs = [("True", true_label, "true_label"), ("Predicted", pred_label, "pred_label")]
-    labels = ", ".join(f"{head}: {_label(v, id2label, name)}" for head, v, name in pairs
-                       if v is not None)
-    text = f"{title} - {labels}" if title and labels else (title or labels)
-    fig = Figure(figsize=(6.0, 6.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(overlay(image, map, alpha=alpha, cmap=cmap, transform=transform))
-    ax.axis("off")
-    ax.set_title(text)
-    if fname is not None:
-        fig.savefig(fname)
-    return fig
+    if transform is None:
+        return to_uint8_image(image)
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        x = torch.as_tensor(image)
+    else:
+        x = transform(image)
+    x = x[None] if x.ndim == 3 else x
+    if x.ndim == 4 and x.shape[1] == 1:  # a one-channel network input, shown gray
+        with torch.no_grad():
+            pix = torch.as_tensor(transform.denormalize(x.float()))
+        return to_uint8_image(pix[0, 0].clamp(0, 1).numpy())
+    return to_uint8_image(x, transform)
 
 
 def save_image(path: PathLike, arr_uint8: Any) -> Path:
@@ -463,5 +390,14 @@ def save_image(path: PathLike, arr_uint8: Any) -> Path:
     return Path(path)
 
 
+def __getattr__(name: str) -> Any:
+    """``viz.saliency_grid`` and ``viz.labelled_panel`` live in :mod:`dnnbrain.figures`."""
+    if name in ("saliency_grid", "labelled_panel"):
+        from . import figures
+        return getattr(figures, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["check_figure_options", "grayscale", "diverging", "heatmap", "overlay",
-           "to_uint8_image", "saliency_grid", "labelled_panel", "save_image"]
+           "to_uint8_image", "network_view", "is_signed", "default_cmap", "SEQUENTIAL",
+           "DIVERGING", "save_image"]

@@ -314,6 +314,8 @@ def test_evaluate_section_runs_metrics_at_the_end(stim12, tmp_path):
     first = np.load(tmp_path / "out" / record["map"])
     energy = proportional_energy(first, stim.boxes(0))
     assert record["localisation"]["proportional_energy"] == pytest.approx(energy, rel=1e-9)
+    page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert '<a href="scores/">scores/</a>' in page and 'href="scores/table.md"' in page
 
 
 @pytest.mark.parametrize("section,needle", [
@@ -329,3 +331,47 @@ def test_bad_evaluate_sections(stim12, tmp_path, section, needle):
     with pytest.raises(ValueError) as err:
         load_config(cfg)
     assert needle in str(err.value)
+
+
+def test_cli_prints_one_summary_line_unless_quiet(ref, cfg_file, capsys):
+    out = ref.out_dir
+    assert main([str(cfg_file), "-out", str(out)]) == 0  # resumed: nothing to compute
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dnn_saliency_batch: 0 maps computed in ")
+    assert lines[0].endswith(f"(0 work items, {N_ITEMS} already complete) -> {out}/ "
+                             "(manifest.csv, index.html)")
+    assert main([str(cfg_file), "-out", str(out), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_index_names_classes_links_evaluation_and_shows_the_network_view(
+        ref, stim12, shapenet, tmp_path, capsys):
+    from PIL import Image
+
+    from dnnbrain.cli.saliency_eval import main as eval_main
+    out = tmp_path / "run"
+    shutil.copytree(ref.out_dir, out)
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "<h3>fc2 unit 1 (circle)</h3>" in page and "<h3>fc2 unit 2 (square)</h3>" in page
+    assert "width:100%" in page and 'id="evaluation"' not in page  # not evaluated yet
+    table = rows(ref.manifest)
+    for r in table[:3]:  # each stimulus: its label and prediction named
+        name = ["circle", "square", "triangle", "star"][int(r["predicted_class"]) - 1]
+        assert f"{r['stimulus']}<br>label " in page
+        assert f"predicted {name} (unit {r['predicted_class']})" in page
+    # the activation is the stimulus's (one per row), never repeated in the method cells
+    act = next(r for r in table if r["layer"] == "fc2" and r["unit"] == "1")
+    assert page.count(f"act {float(act['activation']):.3g}") == 1
+    # 'predicted' cells say which unit their map explains
+    conv = next(r for r in table if r["layer"] == "conv4")
+    assert f"guided<br>unit {conv['unit']}" in page
+    pic = out / "stimuli" / "shape_00.png"  # the network's view: its size, as a PNG
+    with Image.open(pic) as im:
+        assert im.size == (64, 64) and im.mode == "RGB"
+    from dnnbrain import viz
+    np.testing.assert_array_equal(np.asarray(Image.open(pic)), viz.network_view(
+        stim12.parent / "shape_00.png", shapenet.test_transform))
+    assert eval_main([str(out), "-metrics", "localisation", "-q"]) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert '<a href="eval/">eval/</a>' in page and 'src="eval/localisation.png"' in page

@@ -16,10 +16,10 @@ def test_writes_figures_and_maps(tmp_path, shapenet, demo_stim, capsys):
                "-meth", "guided", "-out", str(out)])
     assert rc == 0
     assert capsys.readouterr().out == (f"dnn_saliency: 24 guided maps of layer fc2 (12 "
-                                       f"stimuli x 2 units) -> {out}/ (2 figures, npy/)\n")
+                                       f"stimuli x 2 units) -> {out}/ (guided_fc2.png, "
+                                       "manifest.csv, npy/)\n")
     figs = sorted(p.name for p in out.glob("*.png"))
-    assert figs == ["guided_fc2_part1.png", "guided_fc2_part2.png"]  # 12 stimuli, 8 a figure
-    assert Image.open(out / figs[0]).size[0] > Image.open(out / figs[1]).size[0]
+    assert figs == ["guided_fc2.png"]  # one file per layer; 12 stimuli wrap at -ncol 8
     npys = sorted((out / "npy").glob("*.npy"))
     assert len(npys) == 12 * 2
     first = demo_stim.ids[0].rsplit(".", 1)[0]
@@ -89,3 +89,64 @@ def test_same_file_name_in_two_folders_gives_two_maps(tmp_path, demo_stim):
     assert got == ["a/x_fc2_chn1.npy", "b/x_fc2_chn1.npy"]
     a, b = (np.load(out / "npy" / g) for g in got)
     assert not np.allclose(a, b)  # each its own image's map
+
+
+def _grab_figures(monkeypatch):
+    """Keep every figure dnn_saliency draws (to read its text back)."""
+    import dnnbrain.figures as figures
+    drawn, grid = [], figures.saliency_grid
+
+    def keep(*a, **kw):
+        drawn.append(grid(*a, **kw))
+        return drawn[-1]
+    monkeypatch.setattr(figures, "saliency_grid", keep)
+    return drawn
+
+
+def test_predicted_files_manifest_and_labels(tmp_path, shapenet, demo_stim, capsys,
+                                             monkeypatch):
+    import csv
+
+    import torch
+    drawn = _grab_figures(monkeypatch)
+    out = tmp_path / "out"
+    stim = demo_stim[[0, 1, 6]]  # a square, a star, a circle
+    assert main(["-net", "ShapeNet", "-layer", "fc2", "-chn", "predicted", "-meth",
+                 "gradcam", "-stim", str(stim.write(tmp_path / "three.stim.csv")), "-out",
+                 str(out)]) == 0
+    with torch.no_grad():
+        top = (shapenet(shapenet.test_transform.batch(stim.paths)).argmax(1) + 1).tolist()
+    line = capsys.readouterr().out
+    assert f"predicted -> units {', '.join(map(str, sorted(set(top))))})" in line
+    with open(out / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    classes = ["circle", "square", "triangle", "star"]
+    assert [(r["stimulus"], r["requested_unit"], r["unit"], r["class"]) for r in rows] == [
+        (p.name, "predicted", str(t), classes[t - 1]) for p, t in zip(stim.paths, top)]
+    for r, t, p in zip(rows, top, stim.paths):
+        assert r["file"] == f"npy/{p.stem}_fc2_chn{t}.npy"
+        assert np.load(out / r["file"]).shape == (64, 64)  # a Grad-CAM map
+    (fig,) = drawn
+    texts = [ax.get_title() for ax in fig.axes]
+    for t in top:  # method, layer, unit and class name on every map panel
+        assert f"gradcam\nfc2 unit {t} ({classes[t - 1]}), predicted" in texts
+    assert "shape_06\nlabel: circle (unit 1)" in texts
+    bar = fig.axes[-1]  # the colorbar: non-negative CAMs, sequential from 0
+    assert bar.get_ylabel() == "map / max |map|: each map scaled to its own max |value|"
+    assert bar.get_ylim() == (0.0, 1.0)
+    assert fig.axes[3].images[0].get_cmap().name == "inferno"  # the first map panel
+    assert fig.axes[0].images[0].get_array().shape[:2] == (64, 64)  # as the network saw it
+
+
+def test_signed_maps_get_a_diverging_colormap_and_quiet_prints_nothing(
+        tmp_path, demo_stim, capsys, monkeypatch):
+    drawn = _grab_figures(monkeypatch)
+    out = tmp_path / "out"
+    assert main(["-net", "ShapeNet", "-layer", "fc2", "-chn", "2", "-meth", "occlusion",
+                 "-param", "window=16", "-param", "stride=16", "-stim",
+                 str(demo_stim.paths[0]), "-out", str(out), "-q"]) == 0
+    assert capsys.readouterr().out == ""
+    (fig,) = drawn
+    img = fig.axes[1].images[0]
+    assert img.get_array().min() < 0  # occlusion of a square: some windows help it
+    assert img.get_cmap().name == "RdBu_r" and img.get_clim() == (-1.0, 1.0)

@@ -165,7 +165,12 @@ def test_existing_results_need_force(tmp_path):
     rc, _, err = _call([run, "-metrics", "localisation"])
     assert rc == 2 and "already holds metrics.json" in err and "-force" in err
     rc, out, _ = _call([run, "-metrics", "localisation", "-force"])
-    assert rc == 0 and out == (run / "eval" / "table.md").read_text(encoding="utf-8")
+    table = (run / "eval" / "table.md").read_text(encoding="utf-8")
+    assert rc == 0 and out == table + (
+        f"dnn_saliency_eval: localisation of 8 maps (2 methods) -> {run / 'eval'}/ "
+        "(metrics.json, table.csv, table.md, 1 plot)\n")
+    rc, out, err = _call([run, "-metrics", "localisation", "-force", "-q"])
+    assert rc == 0 and out == "" and err == ""
 
 
 def test_unknown_stimulus_in_manifest(tmp_path):
@@ -222,7 +227,7 @@ def real_run(tmp_path_factory):
 def test_cli_writes_json_table_and_plots(real_run):
     assert real_run["rc"] == 0, real_run["err"]
     ev = real_run["run"] / "eval"
-    assert real_run["out"] == (ev / "table.md").read_text(encoding="utf-8")
+    assert real_run["out"].startswith((ev / "table.md").read_text(encoding="utf-8"))
     assert "| guided | 4 |" in real_run["out"] and "| gradcam | 4 |" in real_run["out"]
     for name in PLOTS:
         with Image.open(ev / name) as img:
@@ -298,3 +303,22 @@ def test_same_seed_same_results_whatever_batch_size(real_run, tmp_path):
         for fam in ("road", "deletion_insertion"):
             for key, val in ma[fam].items():
                 assert np.allclose(val, mb[fam][key], rtol=1e-5, atol=1e-6), (fam, key)
+
+
+def test_localisation_error_bars_are_the_tables_std_and_say_so(tmp_path):
+    from dnnbrain.evaluate import evaluate_run
+    from dnnbrain.evaluate.plots import BAR_NOTE, localisation_figure
+    run, _ = _fake_run(tmp_path / "run")
+    res = evaluate_run(run, metrics="localisation", plots=False, progress=False)
+    fig = localisation_figure(res)
+    assert fig._supxlabel.get_text() == BAR_NOTE and "sample std" in BAR_NOTE
+    ax = fig.axes[0]  # proportional energy: one bar per method
+    from matplotlib.container import ErrorbarContainer
+    (err,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segs = err.lines[2][0].get_segments()
+    assert len(segs) == len(res["aggregate"]) == 2
+    for agg, seg in zip(res["aggregate"], segs):
+        s = agg["metrics"]["proportional_energy"]
+        half = (seg[1][1] - seg[0][1]) / 2
+        assert half == pytest.approx(s["std"] or 0.0)  # the table's +- (sample std)
+    assert "± sample std" in res["table"]

@@ -198,14 +198,14 @@ def test_saliency_grid_writes_png_with_one_panel_per_cell(tmp_path):
         fname = tmp_path / f"grid_{mode}.png"
         fig = viz.saliency_grid(images, maps, row_titles=["fc3_1", "fc3_2"],
                                 col_titles=["a", "b", "c"], mode=mode, fname=fname)
-        assert len(fig.axes) == (2 + 1) * 3
+        assert len(fig.axes) == (2 + 1) * 3 + 1  # and the colorbar
         assert fig.axes[0].get_title() == "a" and fig.axes[3].get_ylabel() == "fc3_1"
         with Image.open(fname) as im:
             assert im.format == "PNG" and im.size[0] > 0
     # list of lists of 2-D maps; RGB mode uses the colormap for them
     fig = viz.saliency_grid(images[:2], [[np.ones((8, 8)), np.zeros((8, 8))]],
                             fname=tmp_path / "grid.pdf")
-    assert len(fig.axes) == 4 and (tmp_path / "grid.pdf").stat().st_size > 0
+    assert len(fig.axes) == 5 and (tmp_path / "grid.pdf").stat().st_size > 0
 
 
 def test_saliency_grid_checks_counts_and_mode():

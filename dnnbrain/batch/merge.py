@@ -88,7 +88,7 @@ def _merge_locked(prep: Prepared, plan: Sequence[WorkItem], n: int,
         return None
     rows = [r for _, r in sorted(zip((order[k] for k in keys), rows), key=lambda p: p[0])]
     manifest = write_manifest(out / MANIFEST_NAME, rows, save)
-    write_index(out, cfg, rows, prep.stim)
+    write_index(out, cfg, rows, prep.stim, prep.dnn)
     # only the merge's own temporaries: shards of this run may still be live
     clean_temps(out, {MANIFEST_NAME, INDEX_NAME})
     log.info("merged %d manifest parts into %s", n, manifest)

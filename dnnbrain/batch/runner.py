@@ -27,7 +27,7 @@ from ..dnn.algo.target import LABEL, predicted_units, select
 from ..dnn.tokens import layout_of
 from .build import runtime_device
 from .config import Prepared, prepare
-from .gallery import write_index
+from .gallery import link_evaluation, write_index
 from .merge import merge_parts
 from .plan import (Shard, WorkItem, make_plan, map_files, map_stem, parse_shard, shard_items,
                    unit_text)
@@ -261,7 +261,7 @@ def _evaluate(outdir: Path, options: Mapping[str, Any], progress: Optional[bool]
         log.warning("'%s' holds results of dnn_saliency_eval: the run's evaluate: section "
                     "leaves them (evaluate: {overwrite: true} replaces them)", there)
         return
-    evaluate_run(outdir, progress=True if progress is None else progress,
+    evaluate_run(outdir, progress=progress,
                  allow_code=allow_code, by_run=True, **opts)
 
 
@@ -361,12 +361,14 @@ def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
         rows += item_rows
     if sh is None:
         result.manifest = write_manifest(outdir / MANIFEST_NAME, rows, save)
-        write_index(outdir, cfg, rows, prep.stim)
+        write_index(outdir, cfg, rows, prep.stim, prep.dnn)
     else:
         result.manifest = write_manifest(outdir / part_name(*sh), rows, save)
         result.manifest = merge_parts(prep, plan, sh[1], strict=False) or result.manifest
     if cfg.get("evaluate") is not None and result.manifest.name == MANIFEST_NAME:
         _evaluate(outdir, cfg["evaluate"], progress, allow_code)  # single or merging process
+        ev = cfg["evaluate"].get("out_dir")
+        link_evaluation(outdir, None if ev is None else outdir / ev)
     result.wall_s = time.perf_counter() - tic
     log.info("%s%s: computed %d of %d work items (%d already complete): %d maps in %.2f s, "
              "%.1f maps/s (%.2f s in the methods); manifest %s", outdir, _where(sh), len(todo),

@@ -2,6 +2,7 @@
 and turning user errors into one line on stderr."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -25,6 +26,54 @@ def setup_logging(verbose: int = 0) -> None:
     """INFO logging with ``-v``, DEBUG with ``-vv``; warnings otherwise."""
     level = logging.WARNING - 10 * min(int(verbose), 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dnnbrain").setLevel(level)
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give a command ``-q/--quiet`` and ``-v/--verbose`` (repeatable), mutually exclusive.
+
+    ``-q``: nothing on stdout/stderr on success (no summary line, no progress bar, only
+    errors); default: the one-line summary (:func:`summary`) and warnings; ``-v``: also
+    progress messages (logging INFO); ``-vv``: debug. Pair with
+    :func:`configure_logging` after parsing::
+
+        p = argparse.ArgumentParser(prog="dnn_x"); add_verbosity(p)
+        args = p.parse_args(argv); configure_logging(args)
+        ...; summary(args, "dnn_x: 12 maps -> out/")
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="print nothing on success (errors still go to stderr)")
+    group.add_argument("-v", "--verbose", action="count", default=0,
+                       help="-v: progress messages, -vv: debug")
+    return parser
+
+
+def configure_logging(args: argparse.Namespace) -> int:
+    """Logging level from :func:`add_verbosity`'s options: ERROR with ``-q``, WARNING by
+    default, INFO with ``-v``, DEBUG with ``-vv``. Returns the level."""
+    if getattr(args, "quiet", False):
+        level = logging.ERROR
+    else:
+        level = logging.WARNING - 10 * min(int(getattr(args, "verbose", 0) or 0), 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dnnbrain").setLevel(level)
+    return level
+
+
+def progress_flag(args: argparse.Namespace) -> Optional[bool]:
+    """tqdm ``progress`` argument for these options: False with ``-q``, True with ``-v``,
+    None (a bar only on a terminal) otherwise."""
+    if getattr(args, "quiet", False):
+        return False
+    return True if getattr(args, "verbose", 0) else None
+
+
+def summary(args: argparse.Namespace, line: str) -> None:
+    """Print a command's one-line success summary on stdout, unless ``-q``."""
+    if not getattr(args, "quiet", False):
+        sys.stdout.write(line.rstrip("\n") + "\n")
+        sys.stdout.flush()
 
 
 def resolve_device(device: Optional[str]) -> torch.device:

@@ -2,17 +2,30 @@
 
 DNNBrain's options (``-net -layer -chn -stim -meth -mode -cmap -vmin -vmax -show -out``)
 plus every registered method, ``-param key=value`` for its parameters, ``-weights``
-(or ``-random-weights`` with ``-seed``), ``-device``, ``-batch-size``, ``-reduce`` and
-``-force``. Writes DNNBrain's figure grid (stimuli in the first row, one row per unit; up
-to ``-ncol`` stimuli a figure) and, per stimulus and unit, the raw map as
-``npy/<stim>_<layer>_chn<unit>.npy``, where ``<stim>``
-is the stimID without its ending, folders kept (``cats/a.png`` -> ``npy/cats/a_...``).
-Every option is checked before any map is computed or any file is written.
+(or ``-random-weights`` with ``-seed``), ``-device``, ``-batch-size``, ``-reduce``,
+``-force`` and ``-q``/``-v``. Writes into ``-out``:
+
+* ``<meth>_<layer>.png``: DNNBrain's figure grid, one file per layer: stimuli (as the
+  network saw them) in the first row, one row per unit, every map panel titled with the
+  method, layer, unit and class name, a colorbar stating the scaling; more than ``-ncol``
+  stimuli wrap into blocks of rows of the same figure. Past
+  :data:`MAX_FIGURE_STIMULI` stimuli the figure splits into
+  ``<meth>_<layer>_stim<first>-<last>.png`` (stimuli counted from 1).
+* ``npy/<stim>_<layer>_chn<unit>.npy``: each raw map, ``<unit>`` the unit it explains
+  (for ``-chn predicted`` the unit chosen for that stimulus); ``<stim>`` is the stimID
+  without its ending, folders kept (``cats/a.png`` -> ``npy/cats/a_...``).
+* ``manifest.csv``: one row per map: file, stimulus, method, layer, requested unit,
+  unit, class name.
+
+and prints one line saying what it computed and where (nothing with ``-q``). Every
+option is checked before any map is computed or any file is written.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import io
 import logging
 import os
 from pathlib import Path
@@ -24,14 +37,20 @@ from ..batch.checks import input_shape, method_param_names
 from ..batch.plan import map_stem
 from ..dnn.algo.registry import make_method, method_names
 from ..dnn.algo.target import check_unit_base
+from ..dnn.classes import class_names, class_of, unit_label
 from ..dnn.fingerprint import fingerprint, seeded
 from ..dnn.models import network_names
 from ..io.images import image_size
 from ..io.maps import atomic_write, existing_part, save_npy
-from .common import load_network, load_stimuli, parse_params, run_main, setup_logging
+from .common import (add_verbosity, configure_logging, load_network, load_stimuli,
+                     parse_params, run_main, summary)
 
 log = logging.getLogger(__name__)
 PROG = "dnn_saliency"
+#: Most stimuli one figure file holds (more split into ``_stim<first>-<last>`` files).
+MAX_FIGURE_STIMULI = 64
+MANIFEST_COLUMNS = ("file", "stimulus", "method", "layer", "requested_unit", "unit",
+                    "class")
 
 
 def _unit(text: str):
@@ -65,7 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="method parameter, repeatable (e.g. -param steps=64)")
     p.add_argument("-mode", default="RGB", choices=["RGB", "gray"],
                    help="show maps as RGB images or grayscale |map| (default: RGB)")
-    p.add_argument("-cmap", default="coolwarm", help="matplotlib colormap (default: coolwarm)")
+    p.add_argument("-cmap", default=None,
+                   help="matplotlib colormap of colormapped maps (default: by sign, "
+                        "RdBu_r centred on zero for signed maps, inferno for non-negative "
+                        "ones and -mode gray)")
     p.add_argument("-vmin", type=float, help="lower colour limit")
     p.add_argument("-vmax", type=float, help="upper colour limit")
     p.add_argument("-reduce", default="mean", choices=["mean", "max"],
@@ -79,11 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-batch-size", dest="batch_size", type=int, default=None,
                    help="rows per forward/backward pass (default: 32, or as many as fit "
                         "in -param memory_budget=512MiB)")
-    p.add_argument("-ncol", type=int, default=8, help="stimuli per figure (default: 8)")
+    p.add_argument("-ncol", type=int, default=8,
+                   help="stimuli per row of the figure; more wrap into further rows "
+                        "(default: 8)")
     p.add_argument("-show", action="store_true", help="also show the figures")
     p.add_argument("-out", required=True, help="output folder")
     p.add_argument("-force", action="store_true", help="write into a non-empty -out")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    add_verbosity(p)
     return p
 
 
@@ -104,6 +128,23 @@ def _check_out(out: Path, force: bool) -> None:
                          f"'{above}'")
 
 
+def write_manifest(path: Path, records: List[dict]) -> Path:
+    """Write ``manifest.csv`` (:data:`MANIFEST_COLUMNS`): these maps' rows after the rows
+    of an earlier run into the same ``-out`` (``-force``) whose files they do not replace."""
+    new = {r["file"] for r in records}
+    old: List[dict] = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if tuple(reader.fieldnames or ()) == MANIFEST_COLUMNS:
+                old = [r for r in reader if r["file"] not in new]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(old + records)
+    return atomic_write(path, lambda tmp: tmp.write_text(text.getvalue(), encoding="utf-8"))
+
+
 def map_names(stim_ids: List[str]) -> List[str]:
     """Output name of each stimulus' maps: its stimID without the file ending, its folders
     kept (``a/b.png`` -> ``a/b``, as ``dnn_saliency_batch`` names them); ValueError naming
@@ -120,6 +161,35 @@ def map_names(stim_ids: List[str]) -> List[str]:
     return names
 
 
+def figure(part, maps: np.ndarray, units: list, titles: list, args: argparse.Namespace,
+           dnn, names_of):
+    """The figure of one file: stimuli as the network saw them, one row per unit."""
+    from ..figures import saliency_grid
+    labels = stimulus_titles(part, names_of)
+    return saliency_grid(part.paths, np.swapaxes(maps, 0, 1),
+                         row_titles=[f"{args.layer} {'unit ' if isinstance(u, int) else ''}"
+                                     f"{u}" for u in units],
+                         col_titles=labels, cmap=args.cmap, vmin=args.vmin,
+                         vmax=args.vmax, mode=args.mode, transform=dnn.test_transform,
+                         panel_titles=titles, ncol=args.ncol,
+                         title=f"{args.meth} saliency, {dnn.name} layer {args.layer}")
+
+
+def stimulus_titles(stim, names_of) -> List[str]:
+    """Each stimulus's title: its name, and its class when the stimulus file has a label
+    (``label`` 0-based: unit ``label + 1``)."""
+    labels = stim.labels
+    out = []
+    for i, sid in enumerate(stim.ids):
+        title = Path(sid).stem
+        if labels is not None:
+            unit = int(labels[i]) + 1
+            name = (names_of or {}).get(unit)
+            title += f"\nlabel: {name} (unit {unit})" if name else f"\nlabel: unit {unit}"
+        out.append(title)
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     from .. import viz
     out = Path(args.out)
@@ -128,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"`-ncol` must be >= 1, got {args.ncol}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"`-batch-size` must be >= 1, got {args.batch_size}")
-    viz.check_figure_options(args.cmap, args.vmin, args.vmax, args.mode)
+    viz.check_figure_options(args.cmap or "gray", args.vmin, args.vmax, args.mode)
     _check_out(out, args.force)
     stim = load_stimuli(args.stim)
     names = map_names(stim.ids)
@@ -171,31 +241,45 @@ def _run(args: argparse.Namespace) -> int:
         method.check_input(shape)
     (out / "npy").mkdir(parents=True, exist_ok=True)
     units = [u if isinstance(u, str) else u + 1 - args.unit_base for u in args.chn]
-    figures = []
-    for start in range(0, len(stim), args.ncol):
-        rows = list(range(start, min(start + args.ncol, len(stim))))
+    names_of = class_names(dnn, stim)
+    figures, records = [], []
+    for start in range(0, len(stim), MAX_FIGURE_STIMULI):
+        rows = list(range(start, min(start + MAX_FIGURE_STIMULI, len(stim))))
         part = stim[rows]
         with (method.labelled(part.labels, unit_base=0) if labels is not None
               else contextlib.nullcontext()):
-            maps = method.backprop(part.paths)  # (N, U, ...)
+            maps = method.backprop(part.paths)  # (N, U, ...): -chn is always a list
+        resolved = method.resolved_units  # (N, U): 'predicted' -> the unit it chose
+        titles = [[""] * len(rows) for _ in units]
         for i, row in enumerate(rows):
-            for k, unit in enumerate(units):
-                save_npy(out / "npy" / f"{names[row]}_{args.layer}_chn{unit}.npy",
-                         maps[i, k])
-        suffix = f"_part{start // args.ncol + 1}" if len(stim) > args.ncol else ""
+            for k, asked in enumerate(units):
+                unit = resolved[i][k]
+                rel = f"npy/{names[row]}_{args.layer}_chn{unit}.npy"
+                save_npy(out / rel, maps[i, k])
+                records.append({"file": rel, "stimulus": stim.ids[row], "method": args.meth,
+                                "layer": args.layer, "requested_unit": str(asked),
+                                "unit": str(unit), "class": class_of(
+                                    dnn, args.layer, unit, names_of) or ""})
+                titles[k][i] = f"{args.meth}\n" + unit_label(dnn, args.layer, unit, asked,
+                                                              names_of)
+        split = len(stim) > MAX_FIGURE_STIMULI
+        suffix = f"_stim{rows[0] + 1:03d}-{rows[-1] + 1:03d}" if split else ""
         fname = out / f"{args.meth}_{args.layer}{suffix}.png"
-        fig = viz.saliency_grid(part.paths, np.swapaxes(maps, 0, 1),
-                                row_titles=[f"{args.layer}_{u}" for u in units],
-                                col_titles=[Path(s).stem for s in part.ids], cmap=args.cmap,
-                                vmin=args.vmin, vmax=args.vmax, mode=args.mode)
+        fig = figure(part=part, maps=maps, units=units, titles=titles,
+                     args=args, dnn=dnn, names_of=names_of)
         atomic_write(fname, fig.savefig)
         figures.append(fname)
         log.info("wrote %s", fname)
-    n_maps = len(stim) * len(units)
-    print(f"{PROG}: {n_maps} {args.meth} map{'s' if n_maps != 1 else ''} of layer "
-          f"{args.layer} ({len(stim)} stimuli x {len(units)} unit"
-          f"{'s' if len(units) != 1 else ''}) -> {out}/ ({len(figures)} figure"
-          f"{'s' if len(figures) != 1 else ''}, npy/)")
+    write_manifest(out / "manifest.csv", records)
+    n_maps = len(records)
+    chosen = sorted({int(r["unit"]) for r in records if r["requested_unit"] == "predicted"})
+    picked = f"; predicted -> unit{'s' if len(chosen) != 1 else ''} " \
+        f"{', '.join(map(str, chosen))}" if chosen else ""
+    shown = figures[0].name if len(figures) == 1 else f"{len(figures)} figures"
+    summary(args, f"{PROG}: {n_maps} {args.meth} map{'s' if n_maps != 1 else ''} of layer "
+                  f"{args.layer} ({len(stim)} stimuli x {len(units)} unit"
+                  f"{'s' if len(units) != 1 else ''}{picked}) -> {out}/ ({shown}, "
+                  "manifest.csv, npy/)")
     if args.show:  # the saved figures, in pyplot windows
         import matplotlib.pyplot as plt
         for fname in figures:
@@ -208,5 +292,5 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_saliency``; returns the exit status."""
     args = _parser().parse_args(argv)
-    setup_logging(args.verbose)
+    configure_logging(args)
     return run_main(PROG, lambda: _run(args))

@@ -1,7 +1,7 @@
 """``dnn_saliency_batch``: run a YAML-described saliency experiment.
 
 ``dnn_saliency_batch RUN.yaml [-out DIR] [-force] [-dry-run] [-shard k/n] [-merge]
-[-allow-code] [-v]``.
+[-allow-code] [-q | -v]``.
 The run config names the model, stimuli, targets, methods and outputs (see
 ``docs/batch.rst``); everything is validated before any work. A re-run resumes: maps
 already complete are skipped. Under torchrun (``RANK`` / ``WORLD_SIZE`` set) or with
@@ -16,7 +16,8 @@ from typing import List, Optional
 
 from ..batch.merge import merge
 from ..batch.runner import describe, run
-from .common import run_main, setup_logging
+from .common import (add_verbosity, configure_logging, progress_flag, run_main,
+                     summary)
 
 log = logging.getLogger(__name__)
 PROG = "dnn_saliency_batch"
@@ -38,32 +39,48 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-allow-code", dest="allow_code", action="store_true",
                    help="let model.factory name your own Python code (module:function or "
                         "file.py:function): only for configs you trust; see docs/batch.rst")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="-v: debug logging (a summary is logged by default)")
+    add_verbosity(p)
     return p
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.merge:
-        log.info("wrote %s", merge(args.config, out=args.out, allow_code=args.allow_code))
+        merged = merge(args.config, out=args.out, allow_code=args.allow_code)
+        summary(args, f"{PROG}: merged the shards' manifests -> {merged}")
         return 0
     if args.workers < 0:
         raise ValueError(f"`-workers` must be >= 0, got {args.workers}")
     result = run(args.config, force=args.force, dry_run=args.dry_run, shard=args.shard,
-                 out=args.out, workers=args.workers, allow_code=args.allow_code)
+                 out=args.out, workers=args.workers, allow_code=args.allow_code,
+                 progress=progress_flag(args))
     if args.dry_run:
         todo = {it.key for it in result.todo}
         lines = [f"{'todo' if it.key in todo else 'done'} {describe(it, result.config)}"
                  for it in result.items]
         sys.stdout.write("\n".join(lines + [f"{len(todo)} of {len(result.items)} work items "
                                             f"to compute into {result.out_dir}"]) + "\n")
+        return 0
+    summary(args, run_summary(result))
     return 0
+
+
+def run_summary(result) -> str:
+    """The one line ``dnn_saliency_batch`` prints for a :class:`~dnnbrain.batch.RunResult`:
+    maps computed and kept, the folder, and what is in it."""
+    out = result.out_dir
+    done = len(result.items) - len(result.todo)
+    what = [f.name for f in (result.manifest,) if f is not None]
+    what += [n for n in ("index.html", "eval/") if (out / n.rstrip("/")).exists()]
+    shard = "" if result.shard is None else f" (shard {result.shard[0]}/{result.shard[1]})"
+    return (f"{PROG}: {result.maps} map{'s' if result.maps != 1 else ''} computed in "
+            f"{result.wall_s:.1f} s ({len(result.todo)} work items, {done} already "
+            f"complete){shard} -> {out}/ ({', '.join(what)})")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_saliency_batch``; returns the exit status."""
     args = _parser().parse_args(argv)
-    setup_logging(args.verbose + 1)
+    configure_logging(args)
     return run_main(PROG, lambda: _run(args))
 
 

@@ -2,21 +2,25 @@
 its methods.
 
 ``dnn_saliency_eval RUN_DIR [-metrics localisation road deletion_insertion randomisation]
-[-out DIR] [-stim FILE] [-batch-size N] [-seed S] [-force] [-v]``. Writes
+[-out DIR] [-stim FILE] [-batch-size N] [-seed S] [-force] [-q | -v]``. Writes
 ``metrics.json``, ``table.csv``, ``table.md`` and PNG plots into ``RUN_DIR/eval`` (or
 ``-out``) and prints the Markdown table (methods as rows, metrics as columns, one table
-per target) on stdout. See ``docs/evaluate.rst``.
+per target) and a one-line summary on stdout (nothing
+with ``-q``). See ``docs/evaluate.rst``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import List, Optional
 
+from ..batch.gallery import link_evaluation
 from ..evaluate import METRICS, evaluate_run
 from ..metrics.faithfulness import ROAD_PERCENTAGES
-from .common import run_main, setup_logging
+from .common import (add_verbosity, configure_logging, progress_flag, run_main,
+                     summary)
 
 log = logging.getLogger(__name__)
 PROG = "dnn_saliency_eval"
@@ -52,8 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-allow-code", dest="allow_code", action="store_true",
                    help="let the run's model.factory be your own Python code "
                         "(module:function or file.py:function); see docs/batch.rst")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="-v: progress messages, -vv: debug")
+    add_verbosity(p)
     return p
 
 
@@ -73,18 +76,26 @@ def _run(args: argparse.Namespace) -> int:
                        randomisation_images=args.randomisation_images,
                        pointing_tolerance=args.pointing_tolerance,
                        batch_size=args.batch_size, seed=args.seed, device=args.device,
-                       plots=args.plots, overwrite=args.force, progress=None,
+                       plots=args.plots, overwrite=args.force, progress=progress_flag(args),
                        allow_code=args.allow_code)
     for f in res["files"]:
         log.info("wrote %s", f)
-    _write_stdout(res["table"])
+    if not args.quiet:
+        _write_stdout(res["table"])
+    out = Path(res["files"][0]).parent
+    link_evaluation(Path(args.run_dir), out)  # the run's index.html links to it
+    n_plots = sum(f.endswith(".png") for f in res["files"])
+    summary(args, f"{PROG}: {', '.join(res['settings']['metrics'])} of "
+                  f"{res['run']['n_maps']} maps ({len(res['methods'])} method"
+                  f"{'s' if len(res['methods']) != 1 else ''}) -> {out}/ (metrics.json, "
+                  f"table.csv, table.md, {n_plots} plot{'s' if n_plots != 1 else ''})")
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_saliency_eval``; returns the exit status."""
     args = _parser().parse_args(argv)
-    setup_logging(args.verbose)
+    configure_logging(args)
     return run_main(PROG, lambda: _run(args))
 
 

@@ -435,6 +435,8 @@ def build_network(name: str, pretrained: bool = True, weights: Optional[PathLike
               img_size=spec.img_size, name=spec.name, stem=spec.stem, channels_last=True)
     if spec.builder.startswith("dnnbrain.demo"):
         dnn.classes = list(zoo.SHAPENET_CLASSES)
+    elif spec.tv_weights:  # ImageNet's names, from torchvision's metadata (no download)
+        dnn.classes = list(_tv_weights(spec).meta.get("categories") or []) or None
     if device is not None:
         dnn.to(device)
     return dnn

@@ -2,7 +2,9 @@
 ``FigureCanvasAgg``, never pyplot) and written atomically as PNG.
 
 Every figure has one row (or column) per target; each method keeps its colour in every
-figure.
+figure; a footnote says what the bars, error bars and curves are. Error bars are one
+sample standard deviation over maps (``ddof=1``), the ``±`` of ``table.md`` and the
+``_std`` columns of ``table.csv``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 DPI = 110
+#: Footnote of the localisation figure (the same spread as the tables).
+BAR_NOTE = ("bars: mean over maps; error bars: ± 1 sample std over maps (ddof=1), as "
+            "table.md and table.csv report")
+#: Footnote of the curve figures.
+CURVE_NOTE = "curves: mean over maps; legend: method (mean AUC over maps)"
 #: (aggregate metric, subplot title) of the localisation figure.
 LOCALISATION_PANELS = (("proportional_energy", "proportional energy"),
                        ("average_saliency_focus", "average saliency focus"),
@@ -59,8 +66,9 @@ def _by_target(result: Mapping[str, Any], has: Callable[[Mapping[str, Any]], boo
 
 
 def localisation_figure(result: Mapping[str, Any]) -> Optional["Figure"]:
-    """Bars per method (mean, error bar = standard error over maps) of the four
-    localisation metrics, one row per target; dashed: the chance level of a random map."""
+    """Bars per method (mean, error bar = one sample std over maps, as in the tables) of
+    the four localisation metrics, one row per target; dashed: the chance level of a
+    random map."""
     rows = _by_target(result, lambda a: (a["metrics"].get("proportional_energy") or {})
                       .get("n", 0) > 0)
     if not rows:
@@ -72,9 +80,9 @@ def localisation_figure(result: Mapping[str, Any]) -> Optional["Figure"]:
             ax = axes[r, c]
             stats = [a["metrics"][key] for a in aggs]
             means = [s["mean"] if s["mean"] is not None else np.nan for s in stats]
-            sem = [s["std"] / np.sqrt(s["n"]) if s["std"] is not None else 0 for s in stats]
+            std = [s["std"] if s["std"] is not None else 0 for s in stats]
             pos = np.arange(len(aggs))
-            ax.bar(pos, means, yerr=sem, capsize=3,
+            ax.bar(pos, means, yerr=std, capsize=3,
                    color=[colours[a["method"]] for a in aggs])
             if key in CHANCE_AT_AREA and t.get("chance") is not None:
                 ax.axhline(t["chance"], color="0.3", ls="--", lw=1, label="random map")
@@ -87,6 +95,7 @@ def localisation_figure(result: Mapping[str, Any]) -> Optional["Figure"]:
                 ax.set_ylabel(t["short"], fontsize=9)
             if r == 0 and c == 0 and t.get("chance") is not None:
                 ax.legend(fontsize=7, loc="upper right")
+    fig.supxlabel(BAR_NOTE, fontsize=8)
     return fig
 
 
@@ -115,6 +124,7 @@ def _curve_figure(result: Mapping[str, Any], keys: tuple, titles: tuple, xlabel:
             ax.set_title(title, fontsize=10)
             if c == 0:
                 ax.set_ylabel(f"{t['short']}\nscore", fontsize=9)
+    fig.supxlabel(CURVE_NOTE, fontsize=8)
     return fig
 
 
@@ -164,6 +174,9 @@ def randomisation_figure(result: Mapping[str, Any]) -> Optional["Figure"]:
         if c == 0:
             ax.set_ylabel("Spearman rank corr. of |map|", fontsize=9)
         ax.legend(fontsize=7)
+    n = result["settings"].get("randomisation_images")
+    fig.supxlabel(f"lines: mean over the first {n} stimuli per method (randomisation_images)",
+                  fontsize=8)
     return fig
 
 

@@ -62,6 +62,11 @@ class SaliencyImage:
         network accepts it (``dnn.channels_last``: the named networks do), else the
         input's layout; True or False forces it on any device. The model is not touched
         and maps come back in the usual layout; values agree to float32 rounding.
+    resolved_units : list of list of units or None
+        After a call (:meth:`backprop`, :meth:`backprop_smooth`), the unit each map
+        explains: ``resolved_units[n][u]`` for image ``n`` and requested unit ``u``, the
+        requested unit itself, except ``'predicted'``, replaced by the 1-based unit chosen
+        for that image (on the clean input). None before the first call.
 
     Notes
     -----
@@ -106,6 +111,8 @@ class SaliencyImage:
         self.call: Call = None
         self._labels: Optional[List[int]] = None  # 1-based, for one call (labelled())
         self._calls = CallCounts()
+        self.resolved_units: Optional[List[List[Unit]]] = None
+        self._picked: Optional[List[List[Unit]]] = None  # 'predicted' as gradient() chose
         if from_layer is not None or from_chn is not None:
             self.set_layer(from_layer, from_chn)
 
@@ -307,7 +314,10 @@ class SaliencyImage:
                         raise ValueError(f"{what} {name!r} does not run before the target "
                                          f"layer {self.layer!r}")
                     wrt = cap[key]
-            score = select(out, units, self.layer, self.reduce, self.target_layout(out, x))
+            lay = self.target_layout(out, x)
+            if self._picked is not None and any(isinstance(u, str) for u in units):
+                self._picked.append(resolve_predicted(out.detach(), units, self.reduce, lay))
+            score = select(out, units, self.layer, self.reduce, lay)
             if weights is not None:
                 score = score * weights.to(score.dtype)
             (grad,) = torch.autograd.grad(score.sum(), wrt, create_graph=create_graph)
@@ -593,6 +603,8 @@ class SaliencyImage:
             unit_rows = [self._labels[k // u] if isinstance(v, str) and v == LABEL else v
                          for k, v in enumerate(unit_rows)]
         self._outputs = n * u
+        self.resolved_units = None
+        resolved: List[Unit] = []
         try:
             if self.shares_units and rows_factor == 1:
                 # whole images: the method's own passes stay within batch_size
@@ -600,12 +612,40 @@ class SaliencyImage:
             else:
                 rows = self.rows_per_pass(x if net_input is None else net_input, unit_rows)
                 step = max(1, rows // max(1, rows_factor * self.rows_per_map))
-            outs = [fn(x[i:i + step] if u == 1 else x[img_idx[i:i + step]],  # a view if can
-                       unit_rows[i:i + step]) for i in range(0, n * u, step)]
+            clean = x if net_input is None else net_input
+            outs = []
+            for i in range(0, n * u, step):
+                pick = img_idx[i:i + step]
+                ub = unit_rows[i:i + step]
+                ub, out = self._chunk(fn, x[i:i + step] if u == 1 else x[pick],  # a view if can
+                                      clean[i:i + step] if u == 1 else clean[pick], ub)
+                outs.append(out)
+                resolved += ub
         finally:
             self._outputs = 0
+            self._picked = None
+        self.resolved_units = [resolved[k * u:(k + 1) * u] for k in range(n)]
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
         return out.reshape((n, u) + tuple(out.shape[1:]))
+
+    def _chunk(self, fn, xb: torch.Tensor, clean: torch.Tensor,
+               ub: List[Unit]) -> Tuple[List[Unit], torch.Tensor]:
+        """``fn(xb, ub)`` for one chunk of rows, and the rows' units with ``'predicted'``
+        resolved on the clean input: a plain gradient picks them in its own pass
+        (:meth:`gradient` records them); any other method gets them resolved first
+        (:meth:`fixed_units`, which it would call on the same clean rows itself)."""
+        if not any(isinstance(v, str) for v in ub):
+            return ub, fn(xb, ub)
+        if not self.plain_gradient:
+            ub = self.fixed_units(clean, ub)
+            return ub, fn(xb, ub)
+        self._picked = []
+        try:
+            out = fn(xb, ub)
+            picked = next((p for p in reversed(self._picked) if len(p) == len(ub)), None)
+        finally:
+            self._picked = None
+        return (picked if picked is not None else self.fixed_units(clean, ub)), out
 
     def _shape(self, out: torch.Tensor, batch: bool) -> np.ndarray:
         if not self._many:

@@ -75,6 +75,11 @@ class SmoothGrad:
         return self.method.get_layer()
 
     @property
+    def resolved_units(self):
+        """The base method's :attr:`SaliencyImage.resolved_units` after a call."""
+        return self.method.resolved_units
+
+    @property
     def dnn(self) -> DNN:
         """The network."""
         return self.method.dnn
