@@ -18,7 +18,7 @@ def _stack(shape, seed=0):
 
 @pytest.mark.parametrize("shape", [(6, 3, 17, 23), (6, 1, 16, 16), (6, 16, 12)])
 @pytest.mark.parametrize("percentile", [None, 99.0, 50])
-@pytest.mark.parametrize("cmap", ["inferno", "gray"])
+@pytest.mark.parametrize("cmap", ["inferno", "gray", "tab10"])  # tab10: N = 10
 def test_heatmaps_equal_viz(shape, percentile, cmap):
     maps = _stack(shape)
     got = heatmaps(maps, cmap, percentile)

@@ -65,6 +65,11 @@ class RunResult:
         Maps computed.
     compute_s : float
         Seconds spent in the methods' ``backprop`` calls.
+    write_s : float
+        Seconds the writer threads spent writing the maps' files and markers, summed
+        over the threads (they write while the next item computes).
+    evaluate_s : float
+        Seconds of the ``evaluate:`` section (0 without one).
     wall_s : float
         Seconds of the whole call.
     dry_run : bool
@@ -79,8 +84,22 @@ class RunResult:
     todo: List[WorkItem]
     maps: int = 0
     compute_s: float = 0.0
+    write_s: float = 0.0
+    evaluate_s: float = 0.0
     wall_s: float = 0.0
     dry_run: bool = False
+
+    @property
+    def maps_per_s(self) -> float:
+        """Maps per second of the maps alone: :attr:`maps` / :attr:`compute_s` (0 when
+        nothing was computed)."""
+        return self.maps / self.compute_s if self.compute_s > 0 else 0.0
+
+    @property
+    def run_maps_per_s(self) -> float:
+        """Maps per second of the whole run (reading, computing, writing, manifest,
+        gallery, evaluation): :attr:`maps` / :attr:`wall_s`."""
+        return self.maps / self.wall_s if self.wall_s > 0 else 0.0
 
 
 @dataclass
@@ -144,7 +163,9 @@ def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
         with eval_mode(dnn.model), torch.no_grad():
             for layer in dict.fromkeys(t["layer"] for t in targets):
                 handles.append(dnn.layer2module(layer).register_forward_hook(hook(layer)))
-            logits = dnn.model(x)
+            # the layout the engine's passes use (channels-last on the CPU: 30-60 % faster)
+            cl = dnn.channels_last and x.device.type == "cpu" and x.ndim == 4
+            logits = dnn.model(x.contiguous(memory_format=torch.channels_last) if cl else x)
     finally:
         for h in handles:
             h.remove()
@@ -190,8 +211,9 @@ def _item_paths(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str]) -
 
 
 def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
-             progress: Optional[bool]) -> Tuple[int, float]:
-    """Compute and write ``todo``; returns (maps, seconds inside ``backprop``)."""
+             progress: Optional[bool]) -> Tuple[int, float, float]:
+    """Compute and write ``todo``; returns (maps, seconds inside ``backprop``, seconds
+    the writers spent)."""
     cfg = prep.config
     device = runtime_device(cfg["model"]["device"])
     dnn = prep.dnn.to(device)
@@ -241,7 +263,7 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         bar.close()
-    return total, compute
+    return total, compute, writer.seconds
 
 
 def _evaluate(outdir: Path, options: Mapping[str, Any], progress: Optional[bool],
@@ -351,7 +373,8 @@ def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
         clean_temps(outdir, {f for it in mine for f in _item_paths(cfg, it, prep.stim.ids)})
     else:
         clean_temps(outdir)
-    result.maps, result.compute_s = _compute(prep, todo, outdir, workers, progress)
+    result.maps, result.compute_s, result.write_s = _compute(prep, todo, outdir, workers,
+                                                             progress)
     rows = []
     for it in mine:
         item_rows = read_marker(outdir, it, save)
@@ -366,12 +389,16 @@ def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
         result.manifest = write_manifest(outdir / part_name(*sh), rows, save)
         result.manifest = merge_parts(prep, plan, sh[1], strict=False) or result.manifest
     if cfg.get("evaluate") is not None and result.manifest.name == MANIFEST_NAME:
+        ev = time.perf_counter()
         _evaluate(outdir, cfg["evaluate"], progress, allow_code)  # single or merging process
-        ev = cfg["evaluate"].get("out_dir")
-        link_evaluation(outdir, None if ev is None else outdir / ev)
+        result.evaluate_s = time.perf_counter() - ev
+        where = cfg["evaluate"].get("out_dir")
+        link_evaluation(outdir, None if where is None else outdir / where)
     result.wall_s = time.perf_counter() - tic
-    log.info("%s%s: computed %d of %d work items (%d already complete): %d maps in %.2f s, "
-             "%.1f maps/s (%.2f s in the methods); manifest %s", outdir, _where(sh), len(todo),
-             len(mine), len(mine) - len(todo), result.maps, result.wall_s,
-             result.maps / result.wall_s, result.compute_s, result.manifest)
+    log.info("%s%s: computed %d of %d work items (%d already complete): %d maps; "
+             "%.1f maps/s for the maps alone (%.2f s in the methods), %.1f maps/s for the "
+             "whole run (%.2f s; writing %.2f s in the writer threads, evaluation %.2f s); "
+             "manifest %s", outdir, _where(sh), len(todo), len(mine), len(mine) - len(todo),
+             result.maps, result.maps_per_s, result.compute_s, result.run_maps_per_s,
+             result.wall_s, result.write_s, result.evaluate_s, result.manifest)
     return result

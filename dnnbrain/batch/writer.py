@@ -3,7 +3,9 @@ in background threads so that the next item computes meanwhile."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -12,7 +14,8 @@ import numpy as np
 import torch
 
 from .. import viz
-from ..io.maps import save_nifti, save_npy, save_png
+from ..io.encode import npy_bytes, png_bytes
+from ..io.maps import save_bytes, save_nifti, save_png
 from .pictures import heatmaps, overlays, stimulus_pixels
 from .plan import WorkItem
 from .store import write_marker
@@ -69,14 +72,17 @@ def _write_stack(out: Path, outputs: Mapping[str, Any], transform: Any,
     if "overlay" in save and stack.shape[-2:] == tuple(images.shape[-2:]):
         pix = stimulus_pixels(images[[i for i, _ in at]], transform)
         over = overlays(pix, stack, outputs["alpha"], cmap, pct, red)
+    for folder in {os.path.dirname(os.path.join(out, rows[r][kind])) for r in which
+                   for kind in save}:
+        os.makedirs(folder, exist_ok=True)  # once per folder, not per file
     for k, r in enumerate(which):
         row, m = rows[r], stack[k]
         for kind in save:
             path = out / row[kind]
-            if kind == "npy":
-                save_npy(path, m)
+            if kind == "npy":  # what save_npy / save_png write, without their checks
+                save_bytes(path, npy_bytes(m), make_dirs=False)
             elif kind == "png":
-                save_png(path, pngs[k])
+                save_bytes(path, png_bytes(pngs[k]), make_dirs=False)
             elif kind == "overlay":
                 save_png(path, over[k] if over is not None else viz.overlay(
                     images[at[k][0]], m, outputs["alpha"], cmap, pct, transform,
@@ -119,6 +125,9 @@ class MapWriter:
         self._slots = threading.BoundedSemaphore(max(1, max_pending, workers))
         self._lock = threading.Lock()
         self._error: Optional[BaseException] = None
+        #: Seconds spent writing files and markers, summed over the writer threads (it
+        #: may exceed the wall time when they write side by side).
+        self.seconds = 0.0
         viz.heatmap(np.zeros((2, 2), np.float32), outputs["colormap"])  # colormap ready
 
     def _done(self, fut: Future) -> None:
@@ -134,6 +143,7 @@ class MapWriter:
     def _chunk(self, item: WorkItem, rows: Sequence[Mapping[str, str]], maps: np.ndarray,
                images: torch.Tensor, which: range, state: dict) -> None:
         """Write some of an item's maps; the last chunk to finish writes the marker."""
+        tic = time.perf_counter()
         try:
             write_maps(self.out, self.outputs, self.transform, rows, maps, images, which)
         except BaseException:
@@ -145,6 +155,8 @@ class MapWriter:
             last = state["left"] == 0 and not state["failed"]
         if last:
             write_marker(self.out, item, rows)
+        with self._lock:
+            self.seconds += time.perf_counter() - tic
 
     def submit(self, item: WorkItem, rows: Sequence[Mapping[str, str]], maps: np.ndarray,
                images: torch.Tensor) -> None:
@@ -152,7 +164,9 @@ class MapWriter:
         ``max_pending`` chunks are in flight)."""
         self.check()
         if self._pool is None:
+            tic = time.perf_counter()
             write_item(self.out, self.outputs, self.transform, item, rows, maps, images)
+            self.seconds += time.perf_counter() - tic
             return
         k = max(1, min(self.workers, len(rows)))
         bounds = [len(rows) * c // k for c in range(k + 1)]

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
-from PIL import Image
 
+from .encode import npy_bytes, png_bytes
 from .images import read_image
 
-__all__ = ["atomic_path", "atomic_write", "save_npy", "save_png", "save_nifti",
+__all__ = ["atomic_path", "atomic_write", "save_bytes", "save_npy", "save_png", "save_nifti",
            "load_nifti", "load_map", "save_map", "MAP_SUFFIXES"]
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,60 @@ def atomic_write(path: PathLike, write_fn: Callable[[Path], Any]) -> Path:
     return Path(path)
 
 
+def save_bytes(path: PathLike, data: bytes, make_dirs: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically, as :func:`atomic_path` does, in the fewest
+    system calls: create the hidden temporary file, one ``write``, :func:`os.replace`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final destination.
+    data : bytes
+        The complete file.
+    make_dirs : bool
+        Create the folder if missing (False: the caller made it; a batch run writing
+        thousands of files makes each folder once).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    OSError
+        Naming ``path`` when the system error names no file; the temporary file is
+        removed and ``path`` left as it was.
+    """
+    dest = os.fspath(path)
+    folder, name = os.path.split(dest)
+    if make_dirs and folder:
+        os.makedirs(folder, exist_ok=True)
+    ends = ".nii.gz" if name.lower().endswith(".nii.gz") else os.path.splitext(name)[1]
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp{ends}")
+    made = False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        made = True
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+        made = False
+    except OSError as err:
+        if err.errno is not None and err.filename is None:  # name the file written
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), dest) from err
+        raise
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return Path(dest)
+
+
 def save_npy(path: PathLike, arr: Any) -> Path:
     """Save an array atomically as ``.npy`` (no pickling, dtype and shape kept exactly).
 
@@ -185,10 +239,7 @@ def save_npy(path: PathLike, arr: Any) -> Path:
     if arr.dtype == object:
         raise ValueError(f"`arr` must be a numeric array, got dtype object for '{path}'")
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-    return atomic_write(path, write)
+    return save_bytes(path, npy_bytes(arr))  # the bytes numpy.save writes
 
 
 def _to_uint8_image(img: np.ndarray) -> np.ndarray:
@@ -242,9 +293,9 @@ def save_png(path: PathLike, img: Any) -> Path:
     path = Path(path)
     _check_suffix("path", path, (".png",))
     pixels = _to_uint8_image(_as_numpy(img))
-    pil = Image.fromarray(np.ascontiguousarray(pixels))
-    # fast zlib level: maps are re-rendered at will, encoding time matters more than size
-    return atomic_write(path, lambda tmp: pil.save(tmp, format="PNG", compress_level=1))
+    # zlib level 1, no row filters (dnnbrain.io.encode): maps are re-rendered at will,
+    # encoding time matters more than size
+    return save_bytes(path, png_bytes(pixels))
 
 
 def _descrip_bytes(description: str) -> bytes:
