@@ -100,7 +100,7 @@ def test_cli_unit_base_and_label(tmp_path, capsys):
     np.testing.assert_array_equal(a, np.load(tmp_path / "b" / "npy" /
                                              "shape_03_fc2_chn1.npy"))
     stim = Stimulus.read(DEMO)
-    lab = np.load(tmp_path / "a" / "npy" / "shape_03_fc2_chnlabel.npy")
+    lab = np.load(tmp_path / "a" / "npy" / f"shape_03_fc2_chn{stim.labels[3] + 1}.npy")
     assert saliency_main(args + ["-chn", str(stim.labels[3] + 1),
                                  "-out", str(tmp_path / "c")]) == 0
     np.testing.assert_array_equal(lab, np.load(
