@@ -141,6 +141,9 @@ def main() -> Path:
             build(res).savefig(HERE / name, format="png", dpi=110)
         pictures["eval_localisation.png"] = pictures["eval_road.png"] = {
             "values": evaluation_record(res)}
+    import make_featvis  # the feature-visualisation gallery (docs/probing.rst)
+    make_featvis.main(str(HERE / "featvis.png"))
+    pictures["featvis.png"] = {}
     data = {"stamp": stamp(),
             "pictures": {k: {"sha256": _sha(HERE / k), **v} for k, v in pictures.items()}}
     path = HERE / JSON_NAME

@@ -181,7 +181,7 @@ CLI = re.compile(r"``(dnn_saliency(?:_batch|_eval)?)((?: -[\w-]+)+)``")
 
 def known_callables():
     """The dnnbrain names the tables may use, resolved to the real objects."""
-    from dnnbrain import batch, evaluate, metrics, viz
+    from dnnbrain import batch, evaluate, figures, metrics, viz
     from dnnbrain.dnn import base
     from dnnbrain.dnn.algo import get_method, method_names, registry
     from dnnbrain.dnn.algo.engine import SaliencyImage
@@ -194,6 +194,7 @@ def known_callables():
                 set_layer=SaliencyImage.set_layer, backprop=SaliencyImage.backprop,
                 backprop_smooth=SaliencyImage.backprop_smooth)
     objs.update({n: getattr(viz, n) for n in dir(viz) if not n.startswith("_")})
+    objs.update({n: getattr(figures, n) for n in figures.__all__})
     objs.update({n: getattr(metrics, n) for n in metrics.__all__})
     return objs
 

@@ -198,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"`-ncol` must be >= 1, got {args.ncol}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"`-batch-size` must be >= 1, got {args.batch_size}")
-    viz.check_figure_options(args.cmap or "gray", args.vmin, args.vmax, args.mode)
+    viz.check_figure_options("gray" if args.cmap is None else args.cmap, args.vmin, args.vmax, args.mode)
     _check_out(out, args.force)
     stim = load_stimuli(args.stim)
     names = map_names(stim.ids)
