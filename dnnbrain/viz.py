@@ -320,7 +320,8 @@ def overlay(image: Any, map: ArrayLike, alpha: float = 0.5,
 
 #: Default colormap of non-negative maps (CAMs, grayscale |map|): sequential.
 SEQUENTIAL = "inferno"
-#: Default colormap of signed maps, centred on zero (limits +-max|map|): diverging.
+#: Default colormap of signed maps, centred on zero (limits: plus and minus the largest
+#: absolute value): diverging.
 DIVERGING = "RdBu_r"
 
 
