@@ -318,7 +318,7 @@ def overlay(image: Any, map: ArrayLike, alpha: float = 0.5,
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-#: Default colormap of non-negative maps (CAMs, grayscale |map|): sequential.
+#: Default colormap of non-negative maps (CAMs, grayscale magnitude maps): sequential.
 SEQUENTIAL = "inferno"
 #: Default colormap of signed maps, centred on zero (limits: plus and minus the largest
 #: absolute value): diverging.
