@@ -103,6 +103,25 @@ def test_user_model_functional_and_branches():
     assert out.box(0, 0) == (0, 0, 7, 5) and out.box(7, 8) == (9, 9, 16, 16)
 
 
+class ChannelsLast(nn.Module):
+    """A conv, then a LayerNorm over channels in (N, W, H, C) layout, then back."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, 4, (3, 5), padding=(1, 2)), nn.LayerNorm(4)
+        self.out = nn.Identity()
+
+    def forward(self, x):
+        return self.out(self.norm(self.conv(x).transpose(1, 3)).transpose(1, 3))
+
+
+def test_axes_follow_transposes_and_channel_norms():
+    dnn = DNN(ChannelsLast(), img_size=12)
+    rfs = receptive_fields(dnn)
+    assert rfs["norm"].size == (3, 5) and rfs["norm"].grid == (12, 12)  # (N, W, H, C)
+    assert rfs["out"].size == (3, 5) and rfs["out"].start == (0.0, 0.0)
+
+
 class SE(nn.Module):
     def __init__(self):
         super().__init__()

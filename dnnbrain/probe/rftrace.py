@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Sequence, Tuple
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -63,6 +63,7 @@ _MIX_ALL = ("instance_norm", "group_norm", "interpolate", "upsample", "upsample_
             "sort", "argsort", "cumsum", "cumprod", "cummax", "cummin", "conv_transpose2d",
             "unfold", "fold", "pixel_shuffle", "pixel_unshuffle", "rot90", "fft_fft2",
             "fft_rfft2")
+_MOVE = ("permute", "transpose", "swapaxes", "swapdims")
 #: functions allowed to change the number of dims while keeping the trailing spatial ones
 _RESHAPE = ("unsqueeze", "squeeze", "__getitem__", "select", "reshape", "view",
             "flatten", "unflatten", "stack", "expand", "view_as", "reshape_as")
@@ -142,24 +143,26 @@ def _adaptive(f: Field, x: torch.Tensor, out: torch.Tensor) -> Field:
     return replace(f, size=tuple(size), start=tuple(start), jump=tuple(jump))
 
 
-def _pad(f: Field, args: tuple, kwargs: dict) -> Optional[Field]:
+def _pad(f: Field, args: tuple, kwargs: dict) -> Field:
+    """``F.pad`` of an ``(..., H, W)`` tensor: ``(left, right[, top, bottom, ...])``."""
     pad = list(_arg(args, kwargs, 1, "pad", ()))
-    if f.dims != (-2, -1) or len(pad) < 2:
-        return f if f.dims != (-2, -1) or not pad else None
-    left = pad[0]
+    left = pad[0] if pad else 0
     top = pad[2] if len(pad) >= 4 else 0
     return replace(f, start=(f.start[0] - top * f.jump[0], f.start[1] - left * f.jump[1]))
 
 
-def _permute(f: Field, x: torch.Tensor, out: torch.Tensor, args: tuple,
-             kwargs: dict) -> Field:
-    dims = _arg(args, kwargs, 1, "dims", None)
-    if not isinstance(dims, (list, tuple)):
-        dims = args[1:]
+def _permute(name: str, f: Field, x: torch.Tensor, args: tuple, kwargs: dict) -> Field:
+    """``permute`` / ``transpose``: the spatial axes move with their dims."""
     nd = x.ndim
-    perm = [int(d) % nd for d in dims]
-    new = tuple(perm.index(nd + d) - nd for d in f.dims)
-    return replace(f, dims=new)
+    if name == "permute":
+        dims = _arg(args, kwargs, 1, "dims", None)
+        perm = [int(d) % nd for d in (dims if isinstance(dims, (list, tuple)) else args[1:])]
+    else:
+        a = int(_arg(args, kwargs, 1, "dim0", 0)) % nd
+        b = int(_arg(args, kwargs, 2, "dim1", 0)) % nd
+        perm = list(range(nd))
+        perm[a], perm[b] = perm[b], perm[a]
+    return replace(f, dims=tuple(perm.index(nd + d) - nd for d in f.dims))
 
 
 def _mixes(name: str, f: Field, x: torch.Tensor, args: tuple, kwargs: dict) -> bool:
@@ -220,11 +223,11 @@ class FieldTracer(TorchFunctionMode):
     def _rule(self, name: str, ins: List[tuple], out: torch.Tensor, args: tuple,
               kwargs: dict) -> Any:
         x, f = ins[0]
-        if name in _CONV + _POOL + _ADAPTIVE + ("pad", "permute"):
+        if name in _CONV + _POOL + _ADAPTIVE + _MOVE + ("pad",):
             if f is GLOBAL or x is not args[0]:
                 return GLOBAL
-            if name == "permute":
-                return _permute(f, x, out, args, kwargs)
+            if name in _MOVE:
+                return _permute(name, f, x, args, kwargs)
             if f.dims != (-2, -1):
                 return GLOBAL
             if name in _CONV:
@@ -233,7 +236,7 @@ class FieldTracer(TorchFunctionMode):
                 return _pool(name, f, args, kwargs)
             if name in _ADAPTIVE:
                 return _adaptive(f, x, out)
-            return _pad(f, args, kwargs) or GLOBAL
+            return _pad(f, args, kwargs)
         tracked, spans = [], False
         for t, g in ins:
             if g is GLOBAL:
