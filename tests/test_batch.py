@@ -315,7 +315,7 @@ def test_evaluate_section_runs_metrics_at_the_end(stim12, tmp_path):
     energy = proportional_energy(first, stim.boxes(0))
     assert record["localisation"]["proportional_energy"] == pytest.approx(energy, rel=1e-9)
     page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
-    assert '<a href="scores/">scores/</a>' in page and 'href="scores/table.md"' in page
+    assert '<code>scores/</code>' in page and 'href="scores/table.md"' in page
 
 
 @pytest.mark.parametrize("section,needle", [
@@ -374,4 +374,4 @@ def test_index_names_classes_links_evaluation_and_shows_the_network_view(
         stim12.parent / "shape_00.png", shapenet.test_transform))
     assert eval_main([str(out), "-metrics", "localisation", "-q"]) == 0
     page = (out / "index.html").read_text(encoding="utf-8")
-    assert '<a href="eval/">eval/</a>' in page and 'src="eval/localisation.png"' in page
+    assert '<code>eval/</code>' in page and 'src="eval/localisation.png"' in page

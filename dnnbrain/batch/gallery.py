@@ -98,7 +98,7 @@ def evaluation_links(out: Path, eval_dir: Optional[Path] = None) -> str:
     pics = "".join(f'<a href="{_href(f"{rel}/{f}")}"><img src="{_href(f"{rel}/{f}")}" '
                    f'alt="{html.escape(f)}"></a>' for f in plots)
     return (f'{EVAL_START}<section class="eval" id="evaluation"><h2>Evaluation '
-            f'(<a href="{_href(rel)}/">{html.escape(rel)}/</a>)</h2><p>{links}</p>'
+            f'(<code>{html.escape(rel)}/</code>)</h2><p>{links}</p>'
             f"<p>{pics}</p></section>{EVAL_END}")
 
 
