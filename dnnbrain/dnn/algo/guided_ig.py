@@ -10,7 +10,7 @@ import torch
 from ..models import DNN
 from .budget import Budget
 from .checks import check_number
-from .integrated import _PathMethod
+from .integrated import _PathMethod, pixel_affine
 from .target import Unit
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,14 @@ class GuidedIG(_PathMethod):
         self._set_baseline(baseline, blur_sigma, seed)
 
     def _path(self, x: torch.Tensor, base: torch.Tensor, units: List[Unit]) -> torch.Tensor:
-        # float64 bookkeeping: the L1 targets are matched to 1e-9, as in PAIR
-        target_x, start = x.flatten(1).double(), base.flatten(1).double()
+        # PAIR's bookkeeping, in pixel space (its model functions take pixels: the L1
+        # distances and the |grad| ranking then weigh every channel alike whatever the
+        # normalisation), in float64 (the L1 targets are matched to 1e-9, as in PAIR)
+        scale, shift = (t.to(x) for t in pixel_affine(self.dnn))
+        target_x = ((x - shift) / scale).flatten(1).double()
+        start = ((base - shift) / scale).flatten(1).double()
+        scale, shift = scale.expand_as(x[:1]).flatten(1), shift.expand_as(x[:1]).flatten(1)
+        scale64 = scale.double()
         diff = target_x - start
         moving = diff != 0
         safe_diff = torch.where(moving, diff, 1.0)
@@ -61,36 +67,40 @@ class GuidedIG(_PathMethod):
         l1_total = diff.abs().sum(1)
         kth = int(np.floor(self.fraction * (diff.shape[1] - 1))) + 1  # quantile, 'lower'
         for step in range(self.steps):
-            grad = self.gradient(cur.view_as(x).to(x.dtype), units)[0]
-            g = grad.flatten(1).double()
+            net_in = cur.to(x.dtype) * scale + shift       # as a pixel-space model function
+            g = self.gradient(net_in.view_as(x), units)[0].flatten(1).double() * scale64
+            g_abs = g.abs()
             alpha = (step + 1.0) / self.steps
             a_min, a_max = max(alpha - self.max_dist, 0.0), min(alpha + self.max_dist, 1.0)
-            x_min, x_max = start + diff * a_min, start + diff * a_max
+            x_max = start + diff * a_max
+            # features fallen behind the band jump to its lower edge; nothing falls behind
+            # later in the step (features only move toward x_max), so this is done once
+            where = torch.where(moving, (cur - start) / safe_diff, a_max)
+            new = torch.where(where < a_min, start + diff * a_min, cur)
+            l1 = (new - target_x).abs().sum(1)
             l1_target = l1_total * (1.0 - alpha)
-            active = torch.ones(len(x), dtype=torch.bool, device=x.device)
+            active = ~torch.isclose(l1, l1_target, rtol=1e-9, atol=1e-9)
             for _ in range(_GUIDED_MAX_ITER):
-                # features fallen behind the band jump to its lower edge
-                where = torch.where(moving, (cur - start) / safe_diff, a_max)
-                new = torch.where(active[:, None] & (where < a_min), x_min, cur)
-                l1 = (new - target_x).abs().sum(1)
-                active &= ~torch.isclose(l1, l1_target, rtol=1e-9, atol=1e-9)
+                if not bool(active.any()):  # one scalar per iteration: the loop's exit test
+                    break
                 # of the features not at the band's upper edge, those with the smallest |g|
-                g_abs = torch.where(new == x_max, torch.inf, g.abs())
-                threshold = g_abs.kthvalue(kth, 1).values[:, None]
-                chosen = active[:, None] & (g_abs <= threshold) & torch.isfinite(g_abs)
-                room = ((new - x_max).abs() * chosen).sum(1)
+                # (those at the edge, if chosen once all others are, have no room: no-op)
+                g_sel = torch.where(new == x_max, torch.inf, g_abs)
+                threshold = g_sel.kthvalue(kth, 1).values[:, None]
+                chosen = (g_sel <= threshold) & active[:, None]
+                gap = x_max - new
+                room = torch.where(chosen, gap.abs(), 0.0).sum(1)
                 gamma = torch.where(room > 0, (l1 - l1_target) / room.clamp_min(1e-300),
                                     torch.inf)
                 full = gamma > 1.0
                 moved = torch.where(full[:, None], x_max,
-                                    new + (x_max - new) * gamma.clamp(0.0, 1.0)[:, None])
+                                    torch.addcmul(new, gap, gamma.clamp(max=1.0)[:, None]))
                 new = torch.where(chosen, moved, new)
-                attr += (new - cur) * g
-                cur = new
-                active &= full
-                if not bool(active.any()):  # one scalar per iteration: the loop's exit test
-                    break
+                l1 = l1 - torch.where(full, room, 0.0)
+                active &= full & ~torch.isclose(l1, l1_target, rtol=1e-9, atol=1e-9)
             else:
                 log.warning("Guided IG step %d did not reach its L1 target in %d iterations",
                             step + 1, _GUIDED_MAX_ITER)
+            attr += (new - cur) * g   # g is constant within the step
+            cur = new
         return attr.view_as(x).to(x.dtype)
