@@ -359,6 +359,16 @@ def test_guided_ig_matches_reference(dnn, max_dist):
         assert np.allclose(got[i], one, atol=1e-6)
 
 
+def test_guided_ig_batch_of_eight_equals_eight_single_calls(dnn):
+    # every image walks its own path: the batch shares the passes, not the bookkeeping
+    p = pixels(8, seed=16)
+    gig = GuidedIG(dnn, "fc", 2, steps=8, max_dist=0.05, batch_size=8)
+    maps = gig.backprop(p)
+    ones = np.stack([gig.backprop(p[i]) for i in range(8)])
+    assert np.abs(maps).max() > 0
+    assert np.allclose(maps, ones, rtol=0, atol=1e-6 * np.abs(maps).max())
+
+
 def test_guided_ig_without_deviation_is_left_riemann_ig(dnn):
     p = pixels(2, seed=14)
     gig = GuidedIG(dnn, "conv2", 2, steps=10, max_dist=0.0).backprop(p)

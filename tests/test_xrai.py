@@ -176,3 +176,47 @@ def test_bad_parameters(dnn, kwargs, match):
 def test_to_layer_rejected(dnn):
     with pytest.raises(ValueError, match="`to_layer` must be None"):
         XRAI(dnn, "conv", 1, steps=2).backprop(block_image(), to_layer="conv")
+
+
+def test_batch_of_eight_equals_eight_single_calls(dnn):
+    images = [block_image(s) for s in range(8)]
+    xrai = XRAI(dnn, "conv", 1, steps=2, min_pixel_diff=10, segment_scales=(100, 300))
+    maps = xrai.backprop(images)
+    assert maps.shape == (8, SIDE, SIDE)
+    for i, image in enumerate(images):
+        assert np.allclose(maps[i], xrai.backprop(image), rtol=0, atol=1e-6)
+
+
+def test_segmentation_is_cached_across_units_objects_and_calls(dnn, monkeypatch):
+    import dnnbrain.dnn.algo.xrai as xrai_mod
+    calls = []
+
+    def counted(pixels, *args, **kwargs):
+        calls.append(pixels.shape)
+        return segment_masks(pixels, *args, **kwargs)
+
+    monkeypatch.setattr(xrai_mod, "segment_masks", counted)
+    cache = xrai_mod.SegmentCache()
+    monkeypatch.setattr(xrai_mod, "SEGMENT_CACHE", cache)
+    image, other = block_image(0), block_image(1)
+    kw = dict(steps=2, min_pixel_diff=10, segment_scales=(100, 300))
+    first = XRAI(dnn, "conv", 1, **kw).backprop(image)
+    assert len(calls) == 1
+    second = XRAI(dnn, "conv", 2, **kw).backprop(image.copy())  # other unit, object, array
+    XRAI(dnn, "out", 1, **kw).backprop([image, image])          # other layer, a batch
+    assert len(calls) == 1 and cache.hits == 3 and cache.misses == 1
+    assert not np.allclose(first, second)                       # the maps do differ
+    XRAI(dnn, "conv", 1, **kw).backprop(other)                  # other content
+    XRAI(dnn, "conv", 1, steps=2, min_pixel_diff=10, segment_scales=(100,)).backprop(image)
+    assert len(calls) == 3 and len(cache) == 3
+    # bounded: nothing larger than max_bytes is kept, the oldest entries go first
+    one = segment_masks(block_image(2), (100, 300), None).nbytes
+    cache.max_bytes = one
+    XRAI(dnn, "conv", 1, **kw).backprop(block_image(2))
+    assert len(cache) == 1 and cache._bytes == one
+    cache.max_bytes = 0
+    XRAI(dnn, "conv", 1, **kw).backprop(block_image(3))
+    XRAI(dnn, "conv", 1, **kw).backprop(block_image(3))
+    assert len(calls) == 6
+    cache.clear()
+    assert len(cache) == 0 and cache.hits == 0

@@ -5,10 +5,18 @@ and a white baseline are averaged and reduced over channels by max; the image is
 Felzenszwalb segments at several scales; regions are then added greedily, each time the one
 whose new pixels have the highest mean attribution. The map gives every pixel the gain of
 the region that added it (PAIR's ``XRAI.GetMask``): higher is more important.
+
+Segmentation depends on the image only, so its masks are kept in :data:`SEGMENT_CACHE`, a
+bounded cache keyed by the image's content and the segmentation settings, shared by every
+:class:`XRAI` object of the process: maps of other units, layers or networks of an image
+already segmented skip the segmentation.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -165,6 +173,75 @@ def rank_regions(attr: np.ndarray, masks: np.ndarray, area_threshold: float = 1.
             Segments(ranks.reshape(shape), np.asarray(gains, dtype=np.float32), remainder))
 
 
+class SegmentCache:
+    """Least-recently-used cache of :func:`segment_masks` results, bounded in bytes.
+
+    Keys are a BLAKE2 digest of the image's pixels (shape, dtype and bytes: identical
+    content hits whatever object holds it) with the segmentation settings (scales,
+    dilation radius), so one entry serves every unit, layer and network explained on that
+    image. Cached masks are read-only arrays.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Total size of the masks kept (default 256 MiB; an image's masks take
+        ``masks.nbytes``: about 0.3 MB per segment at 224 x 224); the least recently used
+        entries are dropped beyond it, and a single result larger than it is not kept.
+
+    Attributes
+    ----------
+    hits, misses : int
+        Look-ups answered from the cache / that ran the segmentation.
+    """
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = check_number("max_bytes", max_bytes, 0, None, False, integer=True)
+        self._entries: "OrderedDict[Tuple[Any, ...], np.ndarray]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def masks(self, pixels: np.ndarray, scales: Sequence[float],
+              dilation_radius: Optional[int]) -> np.ndarray:
+        """:func:`segment_masks` of ``(H, W, 3)`` ``pixels``, from the cache when the same
+        image was segmented with the same settings."""
+        pixels = np.ascontiguousarray(pixels)
+        digest = hashlib.blake2b(pixels.tobytes(), digest_size=20).hexdigest()
+        key = (digest, pixels.shape, pixels.dtype.str, tuple(float(s) for s in scales),
+               dilation_radius)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return hit
+            self.misses += 1
+        masks = segment_masks(pixels, scales, dilation_radius)
+        masks.flags.writeable = False
+        with self._lock:
+            if masks.nbytes <= self.max_bytes and key not in self._entries:
+                self._entries[key] = masks
+                self._bytes += masks.nbytes
+            while self._bytes > self.max_bytes:
+                self._bytes -= self._entries.popitem(last=False)[1].nbytes
+        return masks
+
+    def clear(self) -> None:
+        """Drop every entry and reset the counters."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+#: The process-wide segmentation cache of :class:`XRAI` (see :class:`SegmentCache`):
+#: ``SEGMENT_CACHE.max_bytes = 0`` turns caching off, ``SEGMENT_CACHE.clear()`` empties it.
+SEGMENT_CACHE = SegmentCache()
+
+
 class XRAI(SaliencyImage):
     """XRAI (Kapishnikov et al., 2019, "XRAI: Better attributions through regions").
 
@@ -174,7 +251,8 @@ class XRAI(SaliencyImage):
         As :class:`SaliencyImage`.
     steps : int
         IG steps per baseline (trapezoid rule); cost ``2 * steps`` forward + backward rows
-        per map, plus one segmentation per image on the CPU.
+        per map, plus one segmentation per image on the CPU (cached across calls and
+        objects: :data:`SEGMENT_CACHE`).
     area_threshold : float
         Fraction of the image (0..1) ranked region by region; the rest is one region.
     min_pixel_diff : int
@@ -224,7 +302,6 @@ class XRAI(SaliencyImage):
         self.segment_scales, self.dilation_radius = scales, dilation_radius
         self.return_segments = return_segments
         self.last_segments: List[Segments] = []
-        self._cache: Optional[Tuple[torch.Tensor, np.ndarray]] = None
 
     def check_input(self, shape: Tuple[int, ...]) -> None:
         """:meth:`SaliencyImage.check_input`, and one row of the two IG paths' summed
@@ -233,16 +310,13 @@ class XRAI(SaliencyImage):
         self._check_budget(self._probe(shape), images=2, **sums_pass(self))
 
     def _prepare(self, image: Any, preprocessed: bool) -> Tuple[torch.Tensor, bool]:
-        self.last_segments, self._cache = [], None  # every call starts afresh
+        self.last_segments = []  # every call starts afresh
         return super()._prepare(image, preprocessed)
 
     def _masks(self, pixels: torch.Tensor) -> np.ndarray:
-        """Segments of one ``(3, H, W)`` CPU image; rows of one image share them."""
-        if self._cache is None or not torch.equal(self._cache[0], pixels):
-            masks = segment_masks(pixels.permute(1, 2, 0).numpy(), self.segment_scales,
-                                  self.dilation_radius)
-            self._cache = (pixels, masks)
-        return self._cache[1]
+        """Segments of one ``(3, H, W)`` CPU image, through :data:`SEGMENT_CACHE`."""
+        return SEGMENT_CACHE.masks(pixels.permute(1, 2, 0).numpy(), self.segment_scales,
+                                   self.dilation_radius)
 
     def _attribute(self, x: torch.Tensor, units: List[Unit],
                    to_layer: Optional[str]) -> torch.Tensor:
