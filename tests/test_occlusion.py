@@ -268,3 +268,39 @@ def test_units_of_one_image_share_the_occluded_passes(monkeypatch):
     for k, u in enumerate(units):
         alone = Occlusion(dnn, "fc2", u, batch_size=5, window=16, stride=16)
         assert np.allclose(together[:, k], alone.backprop(x, preprocessed=True), atol=1e-5)
+
+
+def test_default_passes_grow_with_threads_within_the_memory_cap(small, images, monkeypatch):
+    """Without ``batch_size`` the occluded copies go through passes of 32 rows per CPU
+    thread, capped by FORWARD_BYTES (two of the largest layer outputs and two inputs per
+    row); the maps equal small passes' and captum's, and no probe hook is left behind."""
+    from dnnbrain.dnn.algo import passes
+    sizes = []
+    real = Occlusion.layer_output
+
+    def counted(self, t, layer):
+        sizes.append(len(t))
+        return real(self, t, layer)
+
+    monkeypatch.setattr(Occlusion, "layer_output", counted)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    occ = Occlusion(small, "fc", 3, window=2, stride=1)      # 225 windows per image
+    default = occ.backprop(images, preprocessed=True)
+    assert max(sizes) == 64 and hook_dicts_empty(small.model)
+    # the cap: conv1's output (4 x 16 x 16 float32) is the largest; 40 rows fit
+    per_row = 2 * 4 * 16 * 16 * 4 + 2 * 3 * 16 * 16 * 4
+    monkeypatch.setattr(passes, "FORWARD_BYTES", 40 * per_row + 1)
+    sizes.clear()
+    capped = Occlusion(small, "fc", 3, window=2, stride=1).backprop(images, preprocessed=True)
+    assert max(sizes) == 40
+    sizes.clear()
+    small_passes = Occlusion(small, "fc", 3, window=2, stride=1, batch_size=50).backprop(
+        images, preprocessed=True)
+    assert max(sizes) == 50
+    np.testing.assert_allclose(default, small_passes, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(capped, small_passes, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        ref = captum_attr.Occlusion(small.model).attribute(
+            images, sliding_window_shapes=(3, 2, 2), strides=(3, 1, 1), baselines=0.0,
+            target=2, perturbations_per_eval=50)[:, 0]
+    close(default, ref, rtol=1e-4)   # 2 x 2 windows: drops of 1e-4, float32 cancellation

@@ -258,8 +258,10 @@ _PARAMS = """
         Upsample the map bilinearly (``align_corners=False``) to the input size; False
         gives the raw map at the CAM layer's resolution ``(h, w)``.
     memory_budget : int, str or None
-        As :class:`SaliencyImage` (Grad-CAM, Grad-CAM++); Score-CAM batches its masked
-        forward passes by ``batch_size``.
+        As :class:`SaliencyImage` (Grad-CAM, Grad-CAM++); Score-CAM's masked forward
+        passes take ``batch_size`` rows when it is given, else 32 per CPU thread (1024 on
+        an accelerator), within the budget or 256 MiB
+        (:func:`~dnnbrain.dnn.algo.passes.forward_rows`).
 
     Notes
     -----
@@ -316,7 +318,7 @@ class ScoreCAM(_CAM):
     The paper instead weights by the increase in the class's softmax probability over a
     baseline; the raw-score softmax here keeps the method meaningful for hidden units.
     Cost: one forward pass to the CAM layer plus ``C`` forward passes (to the target layer,
-    in chunks of ``batch_size`` masked images) per image, shared by all its units; no
+    in chunks of masked images, see ``memory_budget``) per image, shared by all its units; no
     backward pass.
     """ + _PARAMS
 

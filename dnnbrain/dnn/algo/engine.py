@@ -25,7 +25,7 @@ from .calls import Call, CallCounts, call_index, check_call, count_calls
 from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
 from .checks import SIGMA_MULTIPLIER, input_shape_error
 from .forward import StopForward, eval_mode, pass_hooks
-from .passes import smooth_maps
+from .passes import forward_rows, smooth_maps
 from .relu import relu_override
 from .target import (LABEL, REDUCE, Unit, check_units, from_base, labels_to_units,
                      resolve_predicted, select, static_size)
@@ -607,8 +607,8 @@ class SaliencyImage:
         resolved: List[Unit] = []
         try:
             if self.shares_units and rows_factor == 1:
-                # whole images: the method's own passes stay within batch_size
-                step = max(1, self.batch_size // self.rows_per_map) * u
+                # whole images, as many as fill the method's own no-grad passes
+                step = max(1, forward_rows(self, x) // self.rows_per_map) * u
             else:
                 rows = self.rows_per_pass(x if net_input is None else net_input, unit_rows)
                 step = max(1, rows // max(1, rows_factor * self.rows_per_map))

@@ -74,7 +74,8 @@ class Occlusion(SaliencyImage):
         Target ``(layer, unit)``, as :meth:`SaliencyImage.set_layer`; ``'predicted'``
         is resolved on the unoccluded image.
     batch_size : int or None
-        Occluded copies per forward pass (None: 32).
+        Occluded copies per forward pass; None: 32 per CPU thread on the CPU, 1024 on an
+        accelerator, within 256 MiB (:func:`~dnnbrain.dnn.algo.passes.forward_rows`).
     window : int or (int, int)
         Occluder height and width in input pixels (DNNBrain's default ``(11, 11)``).
     stride : int or (int, int)
@@ -91,7 +92,7 @@ class Occlusion(SaliencyImage):
     -----
     Cost per image x unit: one forward pass plus one per window position (x3 for
     ``'per_channel'``), all stopped at the target layer, no gradients; the occluded
-    copies are built in chunks of ``batch_size`` on the device. :meth:`backprop` gives
+    copies are built pass by pass on the device. :meth:`backprop` gives
     float32 maps, positive where occlusion lowers the unit. ``to_layer`` must be None.
     """
 
