@@ -36,6 +36,23 @@ class GuidedIG(_PathMethod):
         1 unbounded.
     baseline, blur_sigma, seed
         As :class:`IntegratedGradients`.
+
+    Notes
+    -----
+    The path is planned in pixel space (the network input mapped back through
+    ``test_transform``'s normalisation), as PAIR's model functions take pixels: its L1
+    distances and its ``|grad|`` ranking then weigh the channels alike whatever the
+    normalisation's per-channel scale. Maps are in network-input space like every other
+    method's (``dx * grad`` is the same in both). The bookkeeping is float64; the passes
+    run in the input's dtype.
+
+    The choice of features by ``|grad|`` rank makes the path jump where the gradient
+    jumps: on float32 networks with max-pooling (or ReLUs) a near-tie that rounds one way
+    in one evaluation and the other way in another (a batch of 8 against single images,
+    float32 against float64) can change which features move, and the maps of the two runs
+    then differ by up to 20-40 % of their maximum (ShapeNet, 200 steps; PAIR's own float32
+    and float64 runs differ as much). With the same rounding (one image at a time, as
+    PAIR runs) dnnbrain and PAIR agree to 1e-7.
     """
 
     rows_per_map = 1  # the path is sequential: one pass holds each row once
@@ -59,7 +76,6 @@ class GuidedIG(_PathMethod):
         target_x = ((x - shift) / scale).flatten(1).double()
         start = ((base - shift) / scale).flatten(1).double()
         scale, shift = scale.expand_as(x[:1]).flatten(1), shift.expand_as(x[:1]).flatten(1)
-        scale64 = scale.double()
         diff = target_x - start
         moving = diff != 0
         safe_diff = torch.where(moving, diff, 1.0)
@@ -68,8 +84,8 @@ class GuidedIG(_PathMethod):
         kth = int(np.floor(self.fraction * (diff.shape[1] - 1))) + 1  # quantile, 'lower'
         for step in range(self.steps):
             net_in = cur.to(x.dtype) * scale + shift       # as a pixel-space model function
-            g = self.gradient(net_in.view_as(x), units)[0].flatten(1).double() * scale64
-            g_abs = g.abs()
+            g_px = self.gradient(net_in.view_as(x), units)[0].flatten(1) * scale  # its grad
+            g, g_abs = g_px.double(), g_px.abs()   # the ranking in the passes' dtype: exact
             alpha = (step + 1.0) / self.steps
             a_min, a_max = max(alpha - self.max_dist, 0.0), min(alpha + self.max_dist, 1.0)
             x_max = start + diff * a_max
