@@ -271,7 +271,7 @@ def test_units_of_one_image_share_the_occluded_passes(monkeypatch):
 
 
 def test_default_passes_grow_with_threads_within_the_memory_cap(small, images, monkeypatch):
-    """Without ``batch_size`` the occluded copies go through passes of 32 rows per CPU
+    """Without ``batch_size`` the occluded copies go through passes of 128 rows per CPU
     thread, capped by FORWARD_BYTES (two of the largest layer outputs and two inputs per
     row); the maps equal small passes' and captum's, and no probe hook is left behind."""
     from dnnbrain.dnn.algo import passes
@@ -286,7 +286,7 @@ def test_default_passes_grow_with_threads_within_the_memory_cap(small, images, m
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     occ = Occlusion(small, "fc", 3, window=2, stride=1)      # 225 windows per image
     default = occ.backprop(images, preprocessed=True)
-    assert max(sizes) == 64 and hook_dicts_empty(small.model)
+    assert max(sizes) == 256 and hook_dicts_empty(small.model)
     # the cap: conv1's output (4 x 16 x 16 float32) is the largest; 40 rows fit
     per_row = 2 * 4 * 16 * 16 * 4 + 2 * 3 * 16 * 16 * 4
     monkeypatch.setattr(passes, "FORWARD_BYTES", 40 * per_row + 1)

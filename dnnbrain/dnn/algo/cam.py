@@ -259,7 +259,7 @@ _PARAMS = """
         gives the raw map at the CAM layer's resolution ``(h, w)``.
     memory_budget : int, str or None
         As :class:`SaliencyImage` (Grad-CAM, Grad-CAM++); Score-CAM's masked forward
-        passes take ``batch_size`` rows when it is given, else 32 per CPU thread (1024 on
+        passes take ``batch_size`` rows when it is given, else 128 per CPU thread (1024 on
         an accelerator), within the budget or 256 MiB
         (:func:`~dnnbrain.dnn.algo.passes.forward_rows`).
 

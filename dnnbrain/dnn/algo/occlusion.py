@@ -74,7 +74,7 @@ class Occlusion(SaliencyImage):
         Target ``(layer, unit)``, as :meth:`SaliencyImage.set_layer`; ``'predicted'``
         is resolved on the unoccluded image.
     batch_size : int or None
-        Occluded copies per forward pass; None: 32 per CPU thread on the CPU, 1024 on an
+        Occluded copies per forward pass; None: 128 per CPU thread on the CPU, 1024 on an
         accelerator, within 256 MiB (:func:`~dnnbrain.dnn.algo.passes.forward_rows`).
     window : int or (int, int)
         Occluder height and width in input pixels (DNNBrain's default ``(11, 11)``).

@@ -180,8 +180,9 @@ def check_smooth_input(method: SaliencyImage, shape: Tuple[int, ...], mode: str,
 #: Bytes one no-grad pass of :func:`perturbed_scores` may take without a ``memory_budget``.
 FORWARD_BYTES = 256 * 2**20
 #: Perturbed copies per pass and CPU thread when ``batch_size`` is not given: more rows per
-#: pass spread the threads' synchronisation over more work, fewer stay in the CPU's caches.
-CPU_ROWS_PER_THREAD = 32
+#: pass spread the threads' synchronisation over more work (on a busy machine each op's
+#: barrier can wait for a descheduled thread), fewer stay in the CPU's caches.
+CPU_ROWS_PER_THREAD = 128
 #: ... on an accelerator, where a pass of a few rows leaves the device idle.
 DEVICE_ROWS = 1024
 
@@ -190,8 +191,9 @@ def forward_rows(method: SaliencyImage, x: torch.Tensor) -> int:
     """Perturbed copies per no-grad pass of :func:`perturbed_scores`.
 
     ``batch_size`` when it was given; otherwise :data:`CPU_ROWS_PER_THREAD` per torch CPU
-    thread on the CPU (32 on one thread, 64 on two: the fastest on these nets at 1 and 2
-    threads), :data:`DEVICE_ROWS` on an accelerator. Either way at most what fits in the
+    thread on the CPU (ShapeNet occlusion on a busy 2-core machine: 32 rows per pass were
+    the fastest on one thread, 256-512 on two; 128 per thread is 2x captum's time on one
+    thread and at least its speed on two), :data:`DEVICE_ROWS` on an accelerator. Either way at most what fits in the
     ``memory_budget`` (or :data:`FORWARD_BYTES` when none was given), counting per row two
     of the largest layer outputs of the pass (a layer's input and output are alive
     together) and two input copies; the sizes are measured once per input shape by a
