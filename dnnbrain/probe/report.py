@@ -39,7 +39,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -120,8 +120,8 @@ def unit_folder(layer: str, unit: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]', '_', layer)}_chn{unit}"
 
 
-def draw_box(image: np.ndarray, box: Sequence[int], colour=(0, 255, 0),
-             width: int = 1) -> np.ndarray:
+def draw_box(image: np.ndarray, box: Sequence[int],
+             colour: Tuple[int, int, int] = (0, 255, 0), width: int = 1) -> np.ndarray:
     """A copy of ``image`` (uint8 ``(H, W, 3)``) with the outline of ``box``
     ``(top, left, bottom, right)`` (bottom/right exclusive) drawn ``width`` pixels wide."""
     out = image.copy()
@@ -305,8 +305,6 @@ def probe_units(dnn: DNN, stimuli: Any, layer: str, units: Union[int, Sequence[i
         raise TypeError(f"`layer` must be one layer name (a str), got {layer!r}")
     units = _check_units(units)
     spec = parse_layers(dnn, layer, units)[0]  # the layer exists, the units are in range
-    if spec.spatial:
-        raise ValueError(f"`units` must be channels (ints from 1), got {units!r}")
     methods = _check_methods(methods)
     if reduce not in REDUCE:
         raise ValueError(f"`reduce` must be one of {list(REDUCE)}, got {reduce!r}")
