@@ -23,7 +23,8 @@ from dnnbrain.dnn.models import build_network
 from dnnbrain.io.stim import Stimulus, demo_stimulus_file
 from dnnbrain.probe.activations import activations
 from dnnbrain.probe.receptive import theoretical_rf
-from dnnbrain.probe.report import draw_box, probe_units, unit_folder
+from dnnbrain.probe.report import probe_units, unit_folder
+from dnnbrain.probe.reportfiles import draw_box
 
 from .conftest import hook_dicts_empty
 

@@ -32,20 +32,18 @@ The stimuli go through the network once, for all units together (streamed: memor
 """
 from __future__ import annotations
 
-import csv
 import inspect
 import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from ..dnn.algo.registry import get_method, saliency
+from ..dnn.algo.registry import get_method, make_method
 from ..dnn.algo.target import REDUCE
 from ..dnn.classes import class_of
 from ..dnn.models import DNN
@@ -57,11 +55,12 @@ from .actsource import as_source
 from .featvis import visualise
 from .montage import layer_field
 from .receptive import ReceptiveField
+from .reportfiles import as_stimulus, boxed, histogram, rf_record, selection_file
 from .reportpage import write_index_page, write_unit_page
 from .taps import parse_layers
-from .topstim import TopStimuli, selection_table, top_stimuli
+from .topstim import TopStimuli, top_stimuli
 
-__all__ = ["UnitReport", "ProbeReport", "probe_units", "unit_folder", "draw_box"]
+__all__ = ["UnitReport", "ProbeReport", "probe_units", "unit_folder"]
 log = logging.getLogger(__name__)
 WHICH = ("top", "bottom")
 
@@ -120,20 +119,6 @@ def unit_folder(layer: str, unit: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]', '_', layer)}_chn{unit}"
 
 
-def draw_box(image: np.ndarray, box: Sequence[int],
-             colour: Tuple[int, int, int] = (0, 255, 0), width: int = 1) -> np.ndarray:
-    """A copy of ``image`` (uint8 ``(H, W, 3)``) with the outline of ``box``
-    ``(top, left, bottom, right)`` (bottom/right exclusive) drawn ``width`` pixels wide."""
-    out = image.copy()
-    top, left, bottom, right = (int(v) for v in box)
-    w = max(1, int(width))
-    out[top:min(top + w, bottom), left:right] = colour
-    out[max(bottom - w, top):bottom, left:right] = colour
-    out[top:bottom, left:min(left + w, right)] = colour
-    out[top:bottom, max(right - w, left):right] = colour
-    return out
-
-
 def _check_units(units: Any) -> List[int]:
     if isinstance(units, (int, np.integer)) and not isinstance(units, bool):
         units = [units]
@@ -172,72 +157,22 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def _method_maps(dnn: DNN, x: torch.Tensor, layer: str, call: Any, unit: int, reduce: str,
-                 method: Mapping[str, Any], seed: int, batch_size: int) -> np.ndarray:
-    """``method``'s maps of ``unit`` for the network inputs ``x`` ``(B, 3, H, W)``."""
-    params = {k: v for k, v in method.items() if k not in ("name", "label")}
-    if "seed" not in params and "seed" in inspect.signature(
-            get_method(method["name"]).__init__).parameters:
-        params["seed"] = seed
-    return saliency(dnn, x, method["name"], layer=layer, unit=unit, reduce=reduce,
-                    preprocessed=True, call=call, batch_size=batch_size, **params)
-
-
-def _histogram(path: Path, values: np.ndarray, marks: Mapping[str, float],
-               title: str) -> Path:
-    fig = Figure(figsize=(5, 3))
-    ax = fig.add_subplot(1, 1, 1)
-    finite = values[np.isfinite(values)]
-    ax.hist(finite, bins=int(np.clip(len(finite) // 3, 5, 50)), color="#4878a8")
-    for (label, v), colour in zip(marks.items(), ("#d62728", "#2ca02c", "#9467bd")):
-        ax.axvline(v, color=colour, linestyle="--", linewidth=1, label=f"{label} {v:.4g}")
-    ax.set_xlabel("unit value")
-    ax.set_ylabel("stimuli")
-    ax.set_title(title, fontsize=9)
-    if marks:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return atomic_write(path, fig.savefig)
-
-
-def _table(path_stem: Path, stim: Optional[Stimulus], result: TopStimuli, u: int,
-           which: str) -> Path:
-    """The selection of ``which`` as a ``.stim.csv`` (a stimulus table), else a ``.csv``."""
-    if stim is not None:
-        path = Path(f"{path_stem}.stim.csv")
-        table = selection_table(stim, result, u, which)
-        return atomic_write(path, lambda tmp: table.write(tmp))
-    ranking = getattr(result, which)
-    path = Path(f"{path_stem}.csv")
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["stimID", "value"] + (["row", "col"] if ranking.location is not None
-                                              else []))
-            for j, row in enumerate(ranking.index[u]):
-                loc = [] if ranking.location is None else list(ranking.location[u, j])
-                w.writerow([result.ids[row], repr(float(ranking.value[u, j]))] + loc)
-    return atomic_write(path, write)
-
-
-def _as_stimulus(stimuli: Any) -> Optional[Stimulus]:
-    """The stimulus table of a Stimulus, a ``.stim.csv`` file or a folder; else None."""
-    if isinstance(stimuli, Stimulus):
-        return stimuli
-    if isinstance(stimuli, (str, Path)) and Path(stimuli).is_dir():
-        return Stimulus.from_folder(stimuli)
-    if isinstance(stimuli, (str, Path)) and str(stimuli).endswith(".csv"):
-        return Stimulus.read(stimuli)
-    return None
-
-
-def _rf_record(rf: Optional[ReceptiveField]) -> Optional[Dict[str, Any]]:
-    if rf is None:
-        return None
-    return {"size": list(rf.size), "jump": list(rf.jump), "start": list(rf.start),
-            "grid": list(rf.grid), "input_size": list(rf.input_size),
-            "spans_input": rf.spans_input}
+def _make_methods(dnn: DNN, methods: List[Dict[str, Any]], spec: Any, units: List[int],
+                  reduce: str, seed: int, batch_size: int,
+                  shape: Sequence[int]) -> Dict[str, Any]:
+    """label -> the method object, aimed at the first unit and checked on inputs of
+    ``shape`` ``(C, H, W)`` before any work (methods taking a ``seed`` get ``seed``)."""
+    objs = {}
+    for m in methods:
+        params = {k: v for k, v in m.items() if k not in ("name", "label")}
+        if "seed" not in params and "seed" in inspect.signature(
+                get_method(m["name"]).__init__).parameters:
+            params["seed"] = seed
+        obj = make_method(dnn, m["name"], spec.layer, units[0], reduce, batch_size,
+                          spec.call, **params)
+        obj.check_input(tuple(shape))
+        objs[m["label"]] = obj
+    return objs
 
 
 def probe_units(dnn: DNN, stimuli: Any, layer: str, units: Union[int, Sequence[int]],
@@ -268,7 +203,7 @@ def probe_units(dnn: DNN, stimuli: Any, layer: str, units: Union[int, Sequence[i
     methods : sequence of str or mapping
         Saliency methods of :func:`dnnbrain.dnn.algo.registry.method_names`, each aimed at
         the same unit; a mapping gives a method's parameters
-        (``{'name': 'smoothgrad', 'n_iter': 8}``) and optionally its ``label`` (file
+        (``{'name': 'smoothgrad', 'n_samples': 8}``) and optionally its ``label`` (file
         names). Methods taking a ``seed`` get ``seed`` unless they set their own. Empty:
         no saliency maps.
     reduce : {'max', 'mean'}
@@ -312,18 +247,20 @@ def probe_units(dnn: DNN, stimuli: Any, layer: str, units: Union[int, Sequence[i
     seed = _check_int("seed", seed, 0)
     work = _on_device(dnn, device)
     source = as_source(stimuli, work.test_transform, preprocessed)
-    stim = None if preprocessed else _as_stimulus(stimuli)
+    stim = None if preprocessed else as_stimulus(stimuli)
+    shape = tuple(source.load(0, 1).shape[1:])
+    objs = _make_methods(work, methods, spec, units, reduce, seed, batch_size, shape)
     ranked = top_stimuli(work, stimuli, layer, units, k=k, reduce=reduce, bottom=True,
                          batch_size=batch_size, preprocessed=preprocessed, progress=progress,
                          keep_values=True)
-    rf = layer_field(work, spec.layer, tuple(source.load(0, 1).shape[-2:]), spec.call)
+    rf = layer_field(work, spec.layer, shape[-2:], spec.call)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_npy(out / "responses.npy", ranked.values.T)  # (N, U)
     reports, files = [], 1
     for u, unit in enumerate(ranked.units):
-        rep, n = _one_unit(work, dnn, source, stim, ranked, u, unit, spec, rf, out, methods,
-                           reduce, featvis_steps, seed, batch_size, progress)
+        rep, n = _one_unit(work, dnn, source, stim, ranked, u, unit, spec, rf, out, objs,
+                           reduce, featvis_steps, seed, progress)
         reports.append(rep)
         files += n
     name = getattr(dnn, "name", type(dnn.model).__name__)
@@ -336,9 +273,8 @@ def probe_units(dnn: DNN, stimuli: Any, layer: str, units: Union[int, Sequence[i
 
 def _one_unit(work: DNN, dnn: DNN, source: Any, stim: Optional[Stimulus],
               ranked: TopStimuli, u: int, unit: int, spec: Any,
-              rf: Optional[ReceptiveField], out: Path, methods: List[Dict[str, Any]],
-              reduce: str, featvis_steps: int, seed: int, batch_size: int,
-              progress: bool):
+              rf: Optional[ReceptiveField], out: Path, objs: Mapping[str, Any],
+              reduce: str, featvis_steps: int, seed: int, progress: bool):
     """Write one unit's files and page; returns its :class:`UnitReport` and the number of
     files written."""
     folder = out / unit_folder(ranked.layer, unit)
@@ -351,11 +287,11 @@ def _one_unit(work: DNN, dnn: DNN, source: Any, stim: Optional[Stimulus],
     # the top and bottom stimuli of the unit, in one saliency pass per method
     x_all = torch.cat([source.load(int(i), int(i) + 1) for w in WHICH
                        for i in getattr(ranked, w).index[u]])
-    maps_all = {m["label"]: _method_maps(work, x_all, spec.layer, spec.call, unit, reduce, m,
-                                         seed, batch_size) for m in methods}
+    maps_all = {label: obj.set_layer(spec.layer, unit, reduce, spec.call)
+                .backprop(x_all, preprocessed=True) for label, obj in objs.items()}
     for part, which in enumerate(WHICH):
         ranking = getattr(ranked, which)
-        written.append(_table(folder / which, stim, ranked, u, which))
+        written.append(selection_file(folder / which, stim, ranked, u, which))
         tables[which] = written[-1].name
         x = x_all[part * k:(part + 1) * k]
         maps = {label: m[part * k:(part + 1) * k] for label, m in maps_all.items()}
@@ -367,11 +303,11 @@ def _one_unit(work: DNN, dnn: DNN, source: Any, stim: Optional[Stimulus],
         for j in range(k):
             pix = to_uint8_image(x[j], transform)
             pics = {"stimulus": f"{which}_{j + 1}.png"}
-            written.append(save_png(folder / pics["stimulus"], _boxed(pix, boxes[j])))
+            written.append(save_png(folder / pics["stimulus"], boxed(pix, boxes[j])))
             for label, m in maps.items():
                 pics[label] = f"{which}_{j + 1}_{label}.png"
                 heat = overlay(x[j], m[j], transform=transform)
-                written.append(save_png(folder / pics[label], _boxed(heat, boxes[j])))
+                written.append(save_png(folder / pics[label], boxed(heat, boxes[j])))
             loc = None if ranking.location is None else [int(v) for v in
                                                           ranking.location[u, j]]
             rows.append({"stimulus": ranked.ids[int(ranking.index[u, j])],
@@ -390,7 +326,7 @@ def _one_unit(work: DNN, dnn: DNN, source: Any, stim: Optional[Stimulus],
              "bottom k-th": float(ranked.bottom.value[u, -1])}
     if fv_act is not None:
         marks["featvis"] = fv_act
-    written.append(_histogram(folder / "histogram.png", ranked.values[u], marks,
+    written.append(histogram(folder / "histogram.png", ranked.values[u], marks,
                               f"{ranked.layer} chn{unit}: {len(ranked.ids)} stimuli "
                               f"(reduce {reduce})"))
     vals = ranked.values[u]
@@ -398,11 +334,11 @@ def _one_unit(work: DNN, dnn: DNN, source: Any, stim: Optional[Stimulus],
         "layer": ranked.layer, "unit": unit,
         "class": class_of(dnn, spec.layer, unit), "reduce": reduce,
         "n_stimuli": len(ranked.ids), "k": ranked.k,
-        "receptive_field": _rf_record(rf),
+        "receptive_field": rf_record(rf),
         "responses": {"mean": float(np.nanmean(vals)), "std": float(np.nanstd(vals)),
                       "min": float(np.nanmin(vals)), "max": float(np.nanmax(vals))},
         "top": panels["top"], "bottom": panels["bottom"],
-        "methods": [m["label"] for m in methods],
+        "methods": list(objs),
         "featvis": None if fv_act is None else {"file": "featvis.png", "steps": featvis_steps,
                                                 "seed": seed, "activation": fv_act},
         "tables": tables,
@@ -413,9 +349,3 @@ def _one_unit(work: DNN, dnn: DNN, source: Any, stim: Optional[Stimulus],
     page = write_unit_page(folder / "report.html", summary)
     return UnitReport(unit, folder, page, summary), len(written) + 1
 
-
-def _boxed(image: np.ndarray, box: Optional[Sequence[int]]) -> np.ndarray:
-    """``image`` with the receptive field's box drawn (1 pixel per 64 of its side)."""
-    if box is None:
-        return image
-    return draw_box(image, box, width=max(1, min(image.shape[:2]) // 64))
