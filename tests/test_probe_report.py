@@ -7,6 +7,7 @@ resolves to a file.
 """
 import csv
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -125,6 +126,25 @@ def test_small_report_values_links_and_no_trace(shapenet, tmp_path):
     assert_report_pages(tmp_path, "fc2", [2, 4])
     assert_model_unchanged(shapenet.model, before)
     assert torch.equal(x, x0)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"units": [5]}, ValueError, "must be in 1..4 (units count from 1), got 5"),
+    ({"units": [(1, 2, 2)]}, ValueError, "`units` must be a channel"),
+    ({"units": [1, 1]}, ValueError, "names a unit more than once"),
+    ({"layer": "nosuch"}, ValueError, "`layers` must be one of"),
+    ({"methods": ["nosuch"]}, ValueError, "`method` must be one of"),
+    ({"methods": [{"name": "gradcam", "nosuch": 1}]}, TypeError, "nosuch"),
+    ({"k": 7}, ValueError, "`k` must be an int in 1..6"),
+    ({"reduce": "median"}, ValueError, "`reduce` must be one of"),
+    ({"featvis_steps": -1}, ValueError, "`featvis_steps` must be an int >= 0"),
+])
+def test_api_refuses_bad_input_before_writing(shapenet, tmp_path, kwargs, error, message):
+    x = torch.rand(6, 3, 64, 64)
+    args = dict({"layer": "fc2", "units": [1], "featvis_steps": 0}, **kwargs)
+    with pytest.raises(error, match=re.escape(message)):
+        probe_units(shapenet, x, out=tmp_path / "out", preprocessed=True, **args)
+    assert not (tmp_path / "out").exists() and hook_dicts_empty(shapenet.model)
 
 
 @pytest.mark.parametrize("argv,message", [
