@@ -183,6 +183,8 @@ def test_yaml_probe_section_validated_before_work(tmp_path):
                  "method 'gradcam'", "probe.dir: must be a relative folder"):
         assert line in text, text
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="probe.dir: 'vanilla' is a folder the run writes"):
+        load_config(dict(cfg, probe={"layer": "conv4", "units": 3, "dir": "vanilla"}))
     good = dict(cfg, probe={"layer": "conv4", "units": 3})
     resolved = load_config(good)["probe"]
     assert resolved == {"layer": "conv4", "units": [3], "k": 8, "reduce": "max",

@@ -127,8 +127,10 @@ def prepare(source: Union[PathLike, Mapping[str, Any]], out: Optional[PathLike] 
     cfg["outputs"] = checks.outputs(p, top.get("outputs", {}), base, out,
                                     None if title is None else f"out/{title}")
     cfg["evaluate"] = _evaluate(p, top.get("evaluate"))
+    taken = [m["label"] for m in cfg.get("methods") or [] if m] + [
+        "stimuli", ".progress", (cfg["evaluate"] or {}).get("out_dir") or "eval"]
     cfg["probe"] = check_probe(p, top.get("probe"), dnn, None if stim is None else len(stim),
-                               cfg["seed"] or 0, cfg["batch_size"] or 1)
+                               cfg["seed"] or 0, cfg["batch_size"] or 1, taken)
     cfg["network"] = None if dnn is None else network.record(cfg["model"], dnn)
     network.check_pin(p, top.get("network"), cfg["network"])
     rank = {k: i for i, k in enumerate(TOP_KEYS)}  # report in the order of the file's keys

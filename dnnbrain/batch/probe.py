@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ..dnn.algo.target import REDUCE
 from ..dnn.models import DNN
@@ -43,12 +43,14 @@ DONE_NAME = "probe.json"
 
 
 def check_probe(p: Problems, value: Any, dnn: Optional[DNN], n_stimuli: Optional[int],
-                seed: int, batch_size: int) -> Optional[Dict[str, Any]]:
+                seed: int, batch_size: int, taken: Sequence[str] = ()
+                ) -> Optional[Dict[str, Any]]:
     """The checked ``probe`` section with its defaults (None when absent or null).
 
     Every problem is recorded in ``p`` with its key path (``probe.units[1]``); the layer,
     units and each method (at the probe's layer and units) are checked on ``dnn`` when it
-    was built, ``k`` against the number of stimuli when known.
+    was built, ``k`` against the number of stimuli when known, ``dir`` against the
+    folders the run itself writes (``taken``: the methods' labels, ``stimuli`` ...).
     """
     if value is None:
         return None
@@ -84,6 +86,10 @@ def check_probe(p: Problems, value: Any, dnn: Optional[DNN], n_stimuli: Optional
     res["featvis_steps"] = integer(p, "probe.featvis_steps",
                                    d.get("featvis_steps", PROBE_DEFAULTS["featvis_steps"]), 0)
     res["dir"] = _folder(p, d.get("dir", PROBE_DEFAULTS["dir"]))
+    if res["dir"] is not None and res["dir"].split("/")[0] in taken:
+        p.add("probe.dir", f"{res['dir']!r} is a folder the run writes itself; choose "
+                           f"another than {sorted(set(taken))}")
+        res["dir"] = None
     methods = d.get("methods", PROBE_DEFAULTS["methods"])
     if not isinstance(methods, list):
         p.add("probe.methods", f"must be a list of method names or {{name: ..., "
@@ -140,9 +146,8 @@ def run_probe(outdir: Path, config: Mapping[str, Any], dnn: DNN, stim: Any,
                 return where / "index.html"
         except ValueError:
             pass
-    methods: List[Dict[str, Any]] = [dict(m) for m in section["methods"]]
     rep = probe_units(dnn, stim, section["layer"], section["units"], where, k=section["k"],
-                      methods=methods, reduce=section["reduce"],
+                      methods=section["methods"], reduce=section["reduce"],
                       featvis_steps=section["featvis_steps"], seed=config["seed"],
                       batch_size=config["batch_size"],
                       device=runtime_device(config["model"]["device"]),
