@@ -271,6 +271,34 @@ def probe_units(dnn: DNN, stimuli: Any, layer: str, units: Union[int, Sequence[i
     return ProbeReport(out, index, layer, reports, rf, files + 1)
 
 
+def _panel(folder: Path, which: str, ranking: Any, u: int, ids: Sequence[str],
+           x: torch.Tensor, maps: Mapping[str, np.ndarray], rf: Optional[ReceptiveField],
+           transform: Any, written: List[Path]) -> List[Dict[str, Any]]:
+    """Write the pictures and raw maps of row ``u`` of ``ranking`` (the ``k`` network
+    inputs ``x`` and each method's maps of them), appending the files to ``written``;
+    returns the summary's rows."""
+    k = len(x)
+    boxes = ([None] * k if rf is None or ranking.location is None else
+             [rf.box(int(r) - 1, int(c) - 1) for r, c in ranking.location[u]])
+    for label, m in maps.items():
+        written.append(save_npy(folder / f"{which}_{label}.npy", m))
+    rows = []
+    for j in range(k):
+        pics = {"stimulus": f"{which}_{j + 1}.png"}
+        written.append(save_png(folder / pics["stimulus"],
+                                boxed(to_uint8_image(x[j], transform), boxes[j])))
+        for label, m in maps.items():
+            pics[label] = f"{which}_{j + 1}_{label}.png"
+            heat = overlay(x[j], m[j], transform=transform)
+            written.append(save_png(folder / pics[label], boxed(heat, boxes[j])))
+        loc = None if ranking.location is None else [int(v) for v in ranking.location[u, j]]
+        rows.append({"stimulus": ids[int(ranking.index[u, j])],
+                     "index": int(ranking.index[u, j]), "value": float(ranking.value[u, j]),
+                     "location": loc, "box": None if boxes[j] is None else list(boxes[j]),
+                     "pictures": pics})
+    return rows
+
+
 def _one_unit(work: DNN, dnn: DNN, source: Any, stim: Optional[Stimulus],
               ranked: TopStimuli, u: int, unit: int, spec: Any,
               rf: Optional[ReceptiveField], out: Path, objs: Mapping[str, Any],
@@ -290,32 +318,12 @@ def _one_unit(work: DNN, dnn: DNN, source: Any, stim: Optional[Stimulus],
     maps_all = {label: obj.set_layer(spec.layer, unit, reduce, spec.call)
                 .backprop(x_all, preprocessed=True) for label, obj in objs.items()}
     for part, which in enumerate(WHICH):
-        ranking = getattr(ranked, which)
         written.append(selection_file(folder / which, stim, ranked, u, which))
         tables[which] = written[-1].name
-        x = x_all[part * k:(part + 1) * k]
-        maps = {label: m[part * k:(part + 1) * k] for label, m in maps_all.items()}
-        boxes = ([None] * k if rf is None or ranking.location is None else
-                 [rf.box(int(r) - 1, int(c) - 1) for r, c in ranking.location[u]])
-        for label, m in maps.items():
-            written.append(save_npy(folder / f"{which}_{label}.npy", m))
-        rows = []
-        for j in range(k):
-            pix = to_uint8_image(x[j], transform)
-            pics = {"stimulus": f"{which}_{j + 1}.png"}
-            written.append(save_png(folder / pics["stimulus"], boxed(pix, boxes[j])))
-            for label, m in maps.items():
-                pics[label] = f"{which}_{j + 1}_{label}.png"
-                heat = overlay(x[j], m[j], transform=transform)
-                written.append(save_png(folder / pics[label], boxed(heat, boxes[j])))
-            loc = None if ranking.location is None else [int(v) for v in
-                                                          ranking.location[u, j]]
-            rows.append({"stimulus": ranked.ids[int(ranking.index[u, j])],
-                         "index": int(ranking.index[u, j]),
-                         "value": float(ranking.value[u, j]), "location": loc,
-                         "box": None if boxes[j] is None else list(boxes[j]),
-                         "pictures": pics})
-        panels[which] = rows
+        rows = slice(part * k, (part + 1) * k)
+        panels[which] = _panel(folder, which, getattr(ranked, which), u, ranked.ids,
+                               x_all[rows], {lb: m[rows] for lb, m in maps_all.items()},
+                               rf, transform, written)
     fv_act = None
     if featvis_steps > 0:
         vis = visualise(work, spec.layer, unit, n=1, steps=featvis_steps, reduce=reduce,
