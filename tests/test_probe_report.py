@@ -167,6 +167,20 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_quiet_without_methods_or_featvis(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["-net", "ShapeNet", "-layer", "fc2", "-chn", "3", "-stim",
+                 str(demo_stimulus_file()), "-top", "2", "-meth", "-featvis-steps", "0",
+                 "-out", str(out), "-q"]) == 0
+    assert capsys.readouterr() == ("", "")
+    folder = out / unit_folder("fc2", 3)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["methods"] == [] and summary["featvis"] is None
+    assert summary["class"] == "triangle"
+    assert len(read_table(folder / "top.stim.csv")) == 2
+    assert_report_pages(out, "fc2", [3])
+
+
 def test_yaml_probe_section_validated_before_work(tmp_path):
     cfg = {"model": {"name": "ShapeNet"}, "stimuli": str(demo_stimulus_file()),
            "targets": [{"layer": "fc2", "units": [1]}], "methods": ["vanilla"],

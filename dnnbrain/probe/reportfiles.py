@@ -54,7 +54,7 @@ def histogram(path: Path, values: np.ndarray, marks: Mapping[str, float],
     ax.set_title(title, fontsize=9)
     if marks:
         ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.13, bottom=0.16, right=0.97, top=0.9)
     return atomic_write(path, fig.savefig)
 
 
