@@ -28,8 +28,9 @@ from ..dnn.classes import ClassNames, class_names, class_of
 from ..dnn.tokens import layout_of
 from .build import runtime_device
 from .config import Prepared, prepare
-from .gallery import link_evaluation, write_index
+from .gallery import link_evaluation, link_probe, write_index
 from .merge import merge_parts
+from .probe import run_probe
 from .plan import (Shard, WorkItem, make_plan, map_files, map_stem, parse_shard, shard_items,
                    unit_text)
 from . import network
@@ -400,6 +401,9 @@ def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
         result.evaluate_s = time.perf_counter() - ev
         where = cfg["evaluate"].get("out_dir")
         link_evaluation(outdir, None if where is None else outdir / where)
+    if cfg.get("probe") is not None and result.manifest.name == MANIFEST_NAME:
+        run_probe(outdir, cfg, prep.dnn, prep.stim, progress)  # single or merging process
+        link_probe(outdir, cfg)
     result.wall_s = time.perf_counter() - tic
     log.info("%s%s: computed %d of %d work items (%d already complete): %d maps; "
              "%.1f maps/s for the maps alone (%.2f s in the methods), %.1f maps/s for the "
