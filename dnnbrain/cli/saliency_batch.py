@@ -4,8 +4,9 @@
 [-allow-code] [-q | -v]``.
 The run config names the model, stimuli, targets, methods and outputs (see
 ``docs/batch.rst``); everything is validated before any work. A re-run resumes: maps
-already complete are skipped. Under torchrun (``RANK`` / ``WORLD_SIZE`` set) or with
-``-shard k/n`` each process computes its own slice of the work.
+already complete are skipped. With ``-shard k/n``, under torchrun (``RANK`` /
+``WORLD_SIZE``) or under SLURM's ``srun`` (``SLURM_PROCID`` / ``SLURM_NTASKS``) each process
+computes its own slice of the work (:mod:`dnnbrain.batch.launch`).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-dry-run", dest="dry_run", action="store_true",
                    help="list the work items (todo/done) without computing or writing")
     p.add_argument("-shard", metavar="k/n",
-                   help="compute shard k (from 0) of n; default: RANK/WORLD_SIZE if set")
+                   help="compute shard k (from 0) of n; default: torchrun's RANK/WORLD_SIZE, "
+                        "else SLURM_PROCID/SLURM_NTASKS, else all")
     p.add_argument("-merge", action="store_true",
                    help="merge the shards' manifest parts into manifest.csv and exit")
     p.add_argument("-workers", type=int, default=2, help="writer threads (default: 2)")
