@@ -19,6 +19,7 @@ from dnnbrain.batch.launch import local_rank, parse_shard, runtime_device
 from dnnbrain.batch.lock import folder_lock
 from dnnbrain.batch.merge import merge_parts
 from dnnbrain.batch.plan import make_plan
+from dnnbrain.batch.store import read_manifest
 from dnnbrain.cli.act import main as act_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,6 +157,23 @@ def test_dnn_act_under_slurm(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SLURM_PROCID", "2")
     assert act_main(args + ["-out", str(tmp_path / "bad")]) == 2
     assert "SLURM_PROCID/SLURM_NTASKS must satisfy" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_run_on_cuda_of_the_local_rank_equals_cpu(tiny, single, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", str(torch.cuda.device_count() - 1))
+    cfg = yaml.safe_load(tiny.read_text())
+    cfg["model"]["device"] = "auto"
+    result = run(cfg, out=tmp_path / "out", progress=False)
+    want = f"cuda:{torch.cuda.device_count() - 1}"
+    assert runtime_device("auto") == torch.device(want) and result.maps == 12
+    cpu, gpu = (read_manifest(Path(d) / "manifest.csv")
+                for d in (single.out_dir, result.out_dir))
+    act = [[float(r.pop("activation")) for r in m] for m in (cpu, gpu)]
+    assert gpu == cpu and np.allclose(act[1], act[0], rtol=1e-4, atol=1e-5)
+    for name in [k for k in tree(single.out_dir) if k.endswith(".npy")]:
+        a, b = np.load(single.out_dir / name), np.load(result.out_dir / name)
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max(), name
 
 
 @pytest.mark.slow
