@@ -4,8 +4,8 @@
 #   2. the CUDA tests (`pytest -m cuda`; a skipped CUDA test counts as a failure);
 #   3. the quick benchmark suite on CUDA (benchmarks/run_all.py --device cuda --quick).
 # Usage: benchmarks/gpu_check.sh [DEST]   (DEST default: $OUT, else ./gpu_check_out)
-# Writes to DEST: device.txt, cuda_tests.txt, cuda_tests.xml, suite_cuda.txt,
-# suite_cuda.json, gpu_check.log (everything) and summary.txt (one line per step).
+# Writes to DEST: device.txt, cuda_tests.txt, cuda_tests.xml, suite_<net>.txt and
+# suite_<net>.json per network, gpu_check.log (everything) and summary.txt (one line per step).
 # Exit status: 0 when every step passed, 3 without CUDA, else 1.
 set -euo pipefail
 
@@ -22,13 +22,15 @@ SUMMARY="$DEST/summary.txt"
 : > "$LOG"
 : > "$SUMMARY"
 
-# Per-step limits (seconds); with 15 s to stop each they sum to 7.5 min at most.
-LIMIT_DEVICE=45
-LIMIT_TESTS=120
-LIMIT_SUITE=240
-# The quick suite: the one-pass methods on 4 images, IG / SmoothGrad / occlusion /
-# Score-CAM on 4 (CUDA), the PAIR methods on 1; ViT-B/16 only in the full suite.
-SUITE_ARGS=(--device cuda --quick --nets shapenet resnet18 alexnet --pair-batch 1)
+# Per-step limits (seconds); with 15 s to stop each step they sum to 7.75 min at most.
+LIMIT_DEVICE=30
+LIMIT_TESTS=90
+LIMIT_SUITE_NET=90
+# The quick suite, one network per step (a step that times out loses only its own
+# figures): the one-pass methods, IG, SmoothGrad, occlusion and Score-CAM on 4 images
+# (on CUDA), the PAIR methods on 1; ViT-B/16 only in the full suite.
+SUITE_NETS=(shapenet resnet18 alexnet)
+SUITE_ARGS=(--device cuda --quick --pair-batch 1)
 FAILED=0
 
 step() {  # step NAME LIMIT OUTFILE CMD...: run CMD with a time limit, log and record it
@@ -87,10 +89,12 @@ else
     FAILED=1
 fi
 
-# 3. the quick benchmark suite on CUDA (figures: suite_cuda.txt and .json)
+# 3. the quick benchmark suite on CUDA (figures: suite_<net>.txt and .json)
 cd "$HERE"
-step suite "$LIMIT_SUITE" "$DEST/suite_cuda.txt" "$PY" run_all.py "${SUITE_ARGS[@]}" \
-    --json "$DEST/suite_cuda.json" || FAILED=1
+for net in "${SUITE_NETS[@]}"; do
+    step "suite-$net" "$LIMIT_SUITE_NET" "$DEST/suite_$net.txt" "$PY" run_all.py \
+        "${SUITE_ARGS[@]}" --nets "$net" --json "$DEST/suite_$net.json" || FAILED=1
+done
 
 echo "gpu_check: $( [ "$FAILED" -eq 0 ] && echo passed || echo FAILED ); figures and logs in $DEST/" \
     | tee -a "$SUMMARY" "$LOG"

@@ -19,10 +19,12 @@ def test_syntax_and_strict_mode():
     assert done.returncode == 0, done.stderr
     text = SCRIPT.read_text()
     assert text.startswith("#!/usr/bin/env bash\n") and "\nset -euo pipefail\n" in text
-    limits = [int(v) for v in re.findall(r"^LIMIT_\w+=(\d+)$", text, re.M)]
-    steps = re.findall(r'\bstep [\w-]+ "\$(LIMIT_\w+)"', text)
-    assert len(limits) == len(steps) == 3  # every step has its own limit
-    assert sum(limits) + 15 * len(limits) < 8 * 60  # limits + time to stop: < 8 minutes
+    limit = {k: int(v) for k, v in re.findall(r"^(LIMIT_\w+)=(\d+)$", text, re.M)}
+    steps = re.findall(r'\bstep "?[\w$-]+"? "\$(LIMIT_\w+)"', text)
+    assert sorted(steps) == sorted(limit)  # every step has its own limit
+    nets = shlex.split(re.search(r"^SUITE_NETS=\((.*)\)$", text, re.M).group(1))
+    runs = [limit["LIMIT_DEVICE"], limit["LIMIT_TESTS"]] + [limit["LIMIT_SUITE_NET"]] * len(nets)
+    assert sum(runs) + 15 * len(runs) < 8 * 60  # limits + time to stop: < 8 minutes
 
 
 def test_every_file_and_marker_it_names_exists():
@@ -30,7 +32,7 @@ def test_every_file_and_marker_it_names_exists():
     scripts = set(re.findall(r"\b([\w/]+\.py)\b", text))
     assert {Path(s).name for s in scripts} == {"run_all.py"}
     assert all((REPO / s).is_file() or (REPO / "benchmarks" / s).is_file() for s in scripts)
-    assert re.search(r'cd "\$HERE"\n.*run_all\.py', text)  # run where its imports are
+    assert text.index('cd "$HERE"\n') < text.index('"$PY" run_all.py')  # where it imports
     assert (REPO / "tests").is_dir() and re.search(r"pytest .*\btests\b", text, re.S)
     markers = re.findall(r"pytest -q -m (\w+)", text)
     ini = configparser.ConfigParser()
@@ -46,10 +48,15 @@ def test_every_file_and_marker_it_names_exists():
 def test_run_all_accepts_the_options(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import run_all
-    found = re.search(r"^SUITE_ARGS=\((.*)\)$", SCRIPT.read_text(), re.M)
-    args = run_all._parser().parse_args(shlex.split(found.group(1)) + ["--json", "s.json"])
-    assert args.device == "cuda" and args.quick and args.pair_batch == 1
-    assert set(args.nets) == {"shapenet", "resnet18", "alexnet"}
+    text = SCRIPT.read_text()
+    found = {k: shlex.split(v) for k, v in re.findall(r"^(SUITE_\w+)=\((.*)\)$", text, re.M)}
+    assert '"${SUITE_ARGS[@]}" --nets "$net" --json "$DEST/suite_$net.json"' in text
+    for net in found["SUITE_NETS"]:
+        args = run_all._parser().parse_args(found["SUITE_ARGS"] + ["--nets", net,
+                                                                   "--json", "s.json"])
+        assert args.device == "cuda" and args.quick and args.pair_batch == 1
+        assert args.nets == [net]
+    assert found["SUITE_NETS"] == ["shapenet", "resnet18", "alexnet"]
 
 
 @pytest.mark.slow

@@ -68,15 +68,19 @@ def _run(args: argparse.Namespace) -> int:
 
 def run_summary(result) -> str:
     """The one line ``dnn_saliency_batch`` prints for a :class:`~dnnbrain.batch.RunResult`:
-    maps computed and kept, the folder, and what is in it."""
+    maps computed and kept, maps/s of the whole run and of the maps alone
+    (:attr:`~dnnbrain.batch.RunResult.run_maps_per_s`,
+    :attr:`~dnnbrain.batch.RunResult.maps_per_s`), the folder, and what is in it."""
     out = result.out_dir
     done = len(result.items) - len(result.todo)
     what = [f.name for f in (result.manifest,) if f is not None]
     what += [n for n in ("index.html", "eval/") if (out / n.rstrip("/")).exists()]
     shard = "" if result.shard is None else f" (shard {result.shard[0]}/{result.shard[1]})"
+    rate = (f"; {result.run_maps_per_s:.1f} maps/s for the whole run, "
+            f"{result.maps_per_s:.1f} for the maps alone" if result.maps else "")
     return (f"{PROG}: {result.maps} map{'s' if result.maps != 1 else ''} computed in "
             f"{result.wall_s:.1f} s ({len(result.todo)} work items, {done} already "
-            f"complete){shard} -> {out}/ ({', '.join(what)})")
+            f"complete{rate}){shard} -> {out}/ ({', '.join(what)})")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
