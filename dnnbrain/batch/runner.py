@@ -238,6 +238,7 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
                     if nxt is not None and nxt.start not in pending:
                         pending[nxt.start] = reader.submit(_read_batch, dnn, prep, nxt)
                     batch = _load_batch(dnn, prep, it, x_cpu, device)
+                    writer.submit_views(prep.stim.ids[it.start:it.stop], x_cpu)
                 if (it.target, it.method) not in objs:
                     t, m = cfg["targets"][it.target], dict(cfg["methods"][it.method])
                     name = m.pop("name")

@@ -1,5 +1,6 @@
 """Writing a work item's files (npy, png, overlay, nifti) and then its completion marker,
-in background threads so that the next item computes meanwhile."""
+and the gallery's stimulus pictures of each batch, in background threads so that the next
+item computes meanwhile."""
 from __future__ import annotations
 
 import logging
@@ -16,6 +17,7 @@ import torch
 from .. import viz
 from ..io.encode import npy_bytes, png_bytes
 from ..io.maps import save_bytes, save_nifti, save_png
+from .gallery import write_network_views
 from .pictures import heatmaps, overlays, stimulus_pixels
 from .plan import WorkItem
 from .store import write_marker
@@ -155,6 +157,24 @@ class MapWriter:
             last = state["left"] == 0 and not state["failed"]
         if last:
             write_marker(self.out, item, rows)
+        with self._lock:
+            self.seconds += time.perf_counter() - tic
+
+    def submit_views(self, ids: Sequence[str], images: torch.Tensor) -> None:
+        """Queue the gallery's pictures of a stimulus batch
+        (:func:`~dnnbrain.batch.gallery.write_network_views`)."""
+        self.check()
+        if self._pool is None:
+            self._timed(write_network_views, self.out, ids, images, self.transform)
+            return
+        self._slots.acquire()
+        fut = self._pool.submit(self._timed, write_network_views, self.out, ids, images,
+                                self.transform)
+        fut.add_done_callback(self._done)
+
+    def _timed(self, fn: Any, *args: Any) -> None:
+        tic = time.perf_counter()
+        fn(*args)
         with self._lock:
             self.seconds += time.perf_counter() - tic
 
