@@ -130,7 +130,7 @@ def test_yaml_file_relative_paths_resolved_and_defaults(stim12, tmp_path, monkey
     assert cfg["stimuli"] == str(stim12)
     assert cfg["outputs"] == {"dir": str(tmp_path / "cwd" / "out" / "run"),
                               "save": ["npy", "png"],
-                              "colormap": "inferno", "percentile": 99.0, "alpha": 0.5}
+                              "colormap": "auto", "percentile": 99.0, "alpha": 0.5}
     assert cfg["targets"] == [{"layer": "fc2", "units": ["predicted"], "reduce": "mean"},
                               {"layer": "conv4", "units": [[2, 3, 4]], "reduce": "mean"}]
     assert cfg["methods"][1] == {"name": "smoothgrad", "label": "smoothgrad", "base": "guided",

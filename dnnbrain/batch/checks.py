@@ -14,7 +14,7 @@ from ..dnn.algo.engine import SaliencyImage
 from ..dnn.algo.registry import get_method, method_names
 from ..dnn.algo.target import LABEL, REDUCE, UNIT_BASES, static_size
 from ..dnn.models import DNN
-from ..viz import CHANNEL_REDUCTIONS
+from ..viz import AUTO, CHANNEL_REDUCTIONS
 from ..io.maps import existing_part
 from .plan import layer_folder, unit_folder, unit_text
 from .schema import (DEFAULTS, OUTPUT_KEYS, SAVE_KINDS, TARGET_KEYS, Problems, is_int, key,
@@ -371,9 +371,9 @@ def outputs(p: Problems, value: Any, base: Path, out: Any = None,
                              f"'{res['dir']}', but '{there}' is a file")
     res["save"] = str_list(p, "outputs.save", d.get("save", dflt["save"]), list(SAVE_KINDS))
     cmap = d.get("colormap", dflt["colormap"])
-    if not isinstance(cmap, str) or cmap not in matplotlib.colormaps:
-        p.add("outputs.colormap", "must be a matplotlib colormap name such as ['inferno', "
-                                  f"'viridis', 'hot', 'gray', 'jet'], got {cmap!r}")
+    if not isinstance(cmap, str) or (cmap != AUTO and cmap not in matplotlib.colormaps):
+        p.add("outputs.colormap", "must be 'auto' or a matplotlib colormap name such as "
+                                  f"['inferno', 'viridis', 'hot', 'gray', 'jet'], got {cmap!r}")
     res["colormap"] = cmap
     pct = d.get("percentile", dflt["percentile"])
     res["percentile"] = None if pct is None else number(p, "outputs.percentile", pct, 0, 100,

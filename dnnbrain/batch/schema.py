@@ -26,7 +26,7 @@ DEFAULTS: Dict[str, Any] = {
     "batch_size": 32, "seed": 0,
     "model": {"weights": None, "pretrained": True, "device": "auto", "kwargs": {},
               "layers": None, "img_size": None, "mean": None, "std": None},
-    "outputs": {"dir": "out", "save": ["npy", "png"], "colormap": "inferno",
+    "outputs": {"dir": "out", "save": ["npy", "png"], "colormap": "auto",
                 "percentile": 99.0, "alpha": 0.5},
     "reduce": "mean",
 }
