@@ -22,7 +22,8 @@ def done(tmp_path_factory):
     """A small run on the demo stimuli (two targets, npy + png)."""
     from dnnbrain.io.stim import demo_stimulus_file
     root = tmp_path_factory.mktemp("speed")
-    cfg = {"model": {"name": "ShapeNet", "device": "cpu"}, "stimuli": str(demo_stimulus_file()),
+    cfg = {"model": {"name": "ShapeNet", "device": "cpu"},
+           "stimuli": str(demo_stimulus_file()),
            "targets": [{"layer": "fc2", "units": [1, 3]}, {"layer": "conv3", "units": [5]}],
            "methods": ["vanilla"], "outputs": {"save": ["npy", "png"]}, "batch_size": 5}
     (root / "run.yaml").write_text(yaml.safe_dump(cfg))

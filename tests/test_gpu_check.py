@@ -23,7 +23,8 @@ def test_syntax_and_strict_mode():
     steps = re.findall(r'\bstep "?[\w$-]+"? "\$(LIMIT_\w+)"', text)
     assert sorted(steps) == sorted(limit)  # every step has its own limit
     nets = shlex.split(re.search(r"^SUITE_NETS=\((.*)\)$", text, re.M).group(1))
-    runs = [limit["LIMIT_DEVICE"], limit["LIMIT_TESTS"]] + [limit["LIMIT_SUITE_NET"]] * len(nets)
+    runs = [limit["LIMIT_DEVICE"], limit["LIMIT_TESTS"]] + [limit["LIMIT_SUITE_NET"]] * len(
+        nets)
     assert sum(runs) + 15 * len(runs) < 8 * 60  # limits + time to stop: < 8 minutes
 
 

@@ -90,10 +90,12 @@ def test_local_rank_and_device(monkeypatch):
     assert local_rank({"LOCAL_RANK": "1", "WORLD_SIZE": "4"}) == 1
     assert local_rank({"SLURM_LOCALID": "3", "SLURM_NTASKS": "8"}) == 3
     assert local_rank({"LOCAL_RANK": "0", "SLURM_LOCALID": "5"}) == 0  # torchrun first
-    for env, needle in (({"LOCAL_RANK": "2", "WORLD_SIZE": "2"}, "torchrun: LOCAL_RANK must "
-                                                                 "satisfy 0 <= LOCAL_RANK <"),
-                        ({"SLURM_LOCALID": "-1"}, "SLURM_LOCALID must be an integer >= 0"),
-                        ({"LOCAL_RANK": "one"}, "LOCAL_RANK must be integers")):
+    bad = [({"LOCAL_RANK": "2", "WORLD_SIZE": "2"},
+            "torchrun: LOCAL_RANK must satisfy 0 <= LOCAL_RANK < WORLD_SIZE, got 2 "),
+           ({"SLURM_LOCALID": "-1"}, "SLURM_LOCALID must be an integer >= 0"),
+           ({"LOCAL_RANK": "one"}, "LOCAL_RANK must be an integer >= 0, got 'one'"),
+           ({"LOCAL_RANK": "0", "WORLD_SIZE": "x"}, "WORLD_SIZE must be an integer >= 1")]
+    for env, needle in bad:
         with pytest.raises(ValueError, match=needle):
             local_rank(env)
     assert runtime_device("cpu", env={"LOCAL_RANK": "1"}) == torch.device("cpu")

@@ -28,12 +28,14 @@ LAUNCHERS = (("torchrun", ("RANK", "WORLD_SIZE", "LOCAL_RANK")),
              ("SLURM", ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")))
 
 
-def _int(value: object, what: str, given: object) -> int:
+_SHARD_RULE = "integers 'k/n' with 0 <= k < n (e.g. '0/2')"
+
+
+def _int(value: object, what: str, given: object, rule: str = _SHARD_RULE) -> int:
     try:
         return int(str(value).strip())
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be integers 'k/n' with 0 <= k < n (e.g. '0/2'), got "
-                         f"{given!r}") from None
+        raise ValueError(f"{what} must be {rule}, got {given!r}") from None
 
 
 def _launcher(env: Mapping[str, str]) -> Optional[Tuple[str, Sequence[str]]]:
@@ -118,8 +120,8 @@ def local_rank(env: Optional[Mapping[str, str]] = None) -> Optional[int]:
     for name, (_, world, local) in LAUNCHERS:
         if local not in env:
             continue
-        value = _int(env[local], local, env[local])
-        n = _int(env[world], world, env[world]) if world in env else None
+        value = _int(env[local], local, env[local], "an integer >= 0")
+        n = _int(env[world], world, env[world], "an integer >= 1") if world in env else None
         if value < 0 or (n is not None and value >= n):
             raise ValueError(f"{name}: {local} must satisfy 0 <= {local} < {world}, got "
                              f"{value} (of {n})" if n is not None else

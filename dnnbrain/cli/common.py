@@ -79,8 +79,8 @@ def summary(args: argparse.Namespace, line: str) -> None:
 
 def resolve_device(device: Optional[str]) -> torch.device:
     """``'auto'``/None -> CUDA when available (``cuda:<local rank>`` under torchrun or
-    SLURM: :func:`dnnbrain.batch.launch.runtime_device`), else CPU; else a device this machine has
-    (cpu, cuda[:N], mps), checked as a run config's ``model.device``
+    SLURM: :func:`dnnbrain.batch.launch.runtime_device`), else CPU; else a device this
+    machine has (cpu, cuda[:N], mps), checked as a run config's ``model.device``
     (:func:`dnnbrain.batch.config.check_device`): ValueError naming `device` otherwise."""
     if device in (None, "auto"):
         return runtime_device("auto")
