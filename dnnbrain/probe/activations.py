@@ -261,8 +261,8 @@ def activations(dnn: DNN, stimuli: Any, layers: Union[str, Sequence[str]],
         ``stimuli`` is already ``dnn.test_transform`` output ``(N, 3, H, W)``.
     shard : 'k/n', (k, n) or None
         With ``out``: compute only batches ``k, k + n, ...`` (None: torchrun's or
-        SLURM's variables, as the batch runner shards: :mod:`dnnbrain.batch.launch`). The last shard to finish
-        marks the store complete.
+        SLURM's variables, as the batch runner shards: :mod:`dnnbrain.batch.launch`).
+        The last shard to finish marks the store complete.
     force : bool
         With ``out``: replace a store made with other settings (else FileExistsError).
     sync : bool

@@ -11,8 +11,8 @@ Rows are written in place into the memory-mapped files, ``msync``-ed (``sync=Tru
 only then marked done in the process's own progress file (written atomically), so a run
 killed at any moment leaves only finished rows marked; a resume recomputes the others,
 batch by batch exactly as before, and the files come out byte-identical to an
-uninterrupted run. Shard ``k`` of ``n`` (``'k/n'``, or from torchrun or SLURM, read as the batch
-runner reads them: :func:`dnnbrain.batch.launch.parse_shard`) computes batches
+uninterrupted run. Shard ``k`` of ``n`` (``'k/n'``, or from torchrun or SLURM, read as
+the batch runner reads them: :func:`dnnbrain.batch.launch.parse_shard`) computes batches
 ``k, k + n, ...``; runs and shards are locked as the batch runner's
 (:func:`dnnbrain.batch.lock.run_lock`), and creating and finalising the store happen
 under an exclusive lock on the folder (:func:`dnnbrain.batch.lock.folder_lock`). The last
