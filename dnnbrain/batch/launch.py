@@ -17,11 +17,13 @@ naming the variables.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+log = logging.getLogger(__name__)
 Shard = Tuple[int, int]
 #: (rank, world size, local rank) variables of each launcher, in the order they are read.
 LAUNCHERS = (("torchrun", ("RANK", "WORLD_SIZE", "LOCAL_RANK")),
@@ -61,6 +63,7 @@ def _from_env(env: Mapping[str, str]) -> Optional[Shard]:
     k, n = _int(env[rank], where, given), _int(env[world], where, given)
     if n < 1 or not 0 <= k < n:
         raise ValueError(f"{where} must satisfy 0 <= {rank} < {world}, got {k}/{n}")
+    log.info("shard %d/%d from %s's %s", k, n, name, where)
     return k, n
 
 
