@@ -250,9 +250,11 @@ def input_shape(dnn: DNN) -> Optional[Tuple[int, int, int]]:
 
 
 def _check_at_targets(p: Problems, path: str, name: str, obj: Any, params: Dict[str, Any],
-                      dnn: DNN, targets: List[Dict[str, Any]]) -> bool:
+                      dnn: DNN, targets: List[Dict[str, Any]], section: str = "targets"
+                      ) -> bool:
     """The method's :meth:`~dnnbrain.dnn.algo.engine.SaliencyImage.check_input` at each
-    valid target, as the run calls it (False after a problem)."""
+    valid target, as the run calls it (False after a problem); ``section`` names the
+    targets in messages."""
     shape = input_shape(dnn)
     seen: Set[str] = set()  # a problem of every target (a window too large) is listed once
     for j, t in enumerate(targets):
@@ -268,14 +270,20 @@ def _check_at_targets(p: Problems, path: str, name: str, obj: Any, params: Dict[
             if str(err) not in seen:
                 named = re.match(r"`(\w+)`", str(err))
                 where = key(path, named[1]) if named and named[1] in params else path
-                p.add(where, f"method {name!r} cannot run at targets[{j}] (layer "
+                at = f"targets[{j}]" if section == "targets" else section
+                p.add(where, f"method {name!r} cannot run at {at} (layer "
                              f"{t['layer']!r}): {err}")
             seen.add(str(err))
     return not seen
 
 
-def _method(p: Problems, path: str, m: Any, dnn: Optional[DNN], seed: int,
-            batch_size: int, targets: Optional[List[Any]] = None) -> Optional[Dict[str, Any]]:
+def method_entry(p: Problems, path: str, m: Any, dnn: Optional[DNN], seed: int,
+                 batch_size: int, targets: Optional[List[Any]] = None,
+                 section: str = "targets") -> Optional[Dict[str, Any]]:
+    """One checked method entry at key path ``path`` (a name or ``{name, label,
+    <param>: ...}``): ``{name, label, <params>}`` with ``seed`` filled in for a method
+    that takes one, checked at each of ``targets`` (named ``section`` in messages); None
+    after recording a problem."""
     n0 = len(p)
     if isinstance(m, str):
         m = {"name": m}
@@ -315,7 +323,7 @@ def _method(p: Problems, path: str, m: Any, dnn: Optional[DNN], seed: int,
             where = key(path, named[1]) if named and named[1] in params else path
             p.add(where, f"method {name!r} rejects its parameters: {err}")
             return None
-        if not _check_at_targets(p, path, name, obj, params, dnn, targets or []):
+        if not _check_at_targets(p, path, name, obj, params, dnn, targets or [], section):
             return None
     return {"name": name, "label": label, **params}
 
@@ -331,7 +339,7 @@ def methods(p: Problems, value: Any, dnn: Optional[DNN], seed: int,
                          f"{{name: ..., <parameter>: ...}} mappings, got {type_name(value)} "
                          f"{value!r}")
         return None
-    out = [_method(p, key("methods", i), m, dnn, seed, batch_size, targets)
+    out = [method_entry(p, key("methods", i), m, dnn, seed, batch_size, targets)
            for i, m in enumerate(value)]
     labels: Dict[str, int] = {}
     for i, m in enumerate(out):

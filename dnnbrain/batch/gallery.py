@@ -26,6 +26,8 @@ INDEX_NAME = "index.html"
 WEB_FORMATS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 #: Marks around the evaluation links, so a later evaluation can fill them in.
 EVAL_START, EVAL_END = "<!--evaluation-->", "<!--/evaluation-->"
+#: Marks around the link to the unit reports of the ``probe:`` section.
+PROBE_START, PROBE_END = "<!--probe-->", "<!--/probe-->"
 _STYLE = """
 body{font-family:sans-serif;margin:1em 1.5em;color:#222}
 table{border-collapse:collapse;margin-bottom:1.5em;width:100%;table-layout:fixed}
@@ -132,18 +134,44 @@ def evaluation_links(out: Path, eval_dir: Optional[Path] = None) -> str:
             f"<p>{pics}</p></section>{EVAL_END}")
 
 
-def link_evaluation(out: Path, eval_dir: Optional[Path] = None) -> Optional[Path]:
-    """Fill the evaluation block of ``out/index.html`` (after ``dnn_saliency_eval``);
-    None when the run has no index."""
+def probe_links(out: Path, config: Mapping[str, Any]) -> str:
+    """The index's block linking the unit reports (``probe.dir``/index.html) once they
+    exist, else an empty block."""
+    section = config.get("probe")
+    rel = None if section is None else f"{section['dir']}/{INDEX_NAME}"
+    if rel is None or not (Path(out) / rel).is_file():
+        return f"{PROBE_START}{PROBE_END}"
+    units = ", ".join(str(u) for u in section["units"])
+    return (f'{PROBE_START}<section id="probe"><h2>Unit reports</h2><p><a href="{_href(rel)}">'
+            f"{html.escape(section['layer'])} units {html.escape(units)}</a>: response "
+            f"distributions, top and bottom {section['k']} stimuli with saliency and "
+            f"receptive fields, feature visualisations</p></section>{PROBE_END}")
+
+
+def _fill(out: Path, start: str, end: str, block: str) -> Optional[Path]:
+    """Replace the block between ``start`` and ``end`` of ``out/index.html``; None when
+    the run has no index (or the index no such block)."""
     index = Path(out) / INDEX_NAME
     if not index.is_file():
         return None
     text = index.read_text(encoding="utf-8")
-    a, b = text.find(EVAL_START), text.find(EVAL_END)
+    a, b = text.find(start), text.find(end)
     if a < 0 or b < 0:
         return None
-    text = text[:a] + evaluation_links(Path(out), eval_dir) + text[b + len(EVAL_END):]
+    text = text[:a] + block + text[b + len(end):]
     return atomic_write(index, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def link_evaluation(out: Path, eval_dir: Optional[Path] = None) -> Optional[Path]:
+    """Fill the evaluation block of ``out/index.html`` (after ``dnn_saliency_eval``);
+    None when the run has no index."""
+    return _fill(out, EVAL_START, EVAL_END, evaluation_links(Path(out), eval_dir))
+
+
+def link_probe(out: Path, config: Mapping[str, Any]) -> Optional[Path]:
+    """Fill the unit-report block of ``out/index.html`` (after the ``probe:`` section
+    ran); None when the run has no index."""
+    return _fill(out, PROBE_START, PROBE_END, probe_links(Path(out), config))
 
 
 def write_index(out: Path, config: Mapping[str, Any], rows: Sequence[Mapping[str, str]],
@@ -194,7 +222,7 @@ def write_index(out: Path, config: Mapping[str, Any], rows: Sequence[Mapping[str
         "maps, each picture scaled to its own range. "
         f'<a href="manifest.csv">manifest.csv</a> · '
         f'<a href="config.resolved.yaml">config.resolved.yaml</a></p>',
-        evaluation_links(out),
+        evaluation_links(out), probe_links(out, config),
         "<ul>" + "".join(f'<li><a href="#target{t}">targets[{t}]: {html.escape(tg["layer"])}'
                          f"</a></li>" for t, tg in enumerate(config["targets"])) + "</ul>"]
     for t, target in enumerate(config["targets"]):

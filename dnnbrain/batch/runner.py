@@ -24,11 +24,13 @@ from ..dnn.algo.calls import call_index
 from ..dnn.algo.engine import eval_mode
 from ..dnn.algo.registry import make_method
 from ..dnn.algo.target import LABEL, predicted_units, select
+from ..dnn.classes import ClassNames, class_names, class_of
 from ..dnn.tokens import layout_of
 from .config import Prepared, prepare
-from .gallery import link_evaluation, write_index
+from .gallery import link_evaluation, link_probe, write_index
 from .launch import parse_shard, runtime_device
 from .merge import merge_parts
+from .probe import run_probe
 from .plan import Shard, WorkItem, make_plan, map_files, map_stem, shard_items, unit_text
 from . import network
 from .lock import folder_lock, run_lock
@@ -181,8 +183,9 @@ def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
 
 
 def _rows(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str],
-          batch: _Batch) -> List[Dict[str, str]]:
-    """Manifest rows of an item: stimulus-major, then unit."""
+          batch: _Batch, dnn: Any, names: Optional[ClassNames]) -> List[Dict[str, str]]:
+    """Manifest rows of an item: stimulus-major, then unit; ``class`` names the unit's
+    class (``names``) on the output layer, else it is empty."""
     target, method = config["targets"][item.target], config["methods"][item.method]
     acts, actual = batch.stats[item.target]
     rows = []
@@ -191,6 +194,8 @@ def _rows(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str],
         for j, u in enumerate(target["units"]):
             row = {"stimulus": sid, "target": str(item.target), "layer": target["layer"],
                    "unit": actual[j][i], "requested_unit": unit_text(u),
+                   "class": class_of(dnn, target["layer"], int(actual[j][i]), names)
+                   if actual[j][i].isdigit() else "",
                    "reduce": target["reduce"], "method": method["label"],
                    "activation": f"{float(acts[i, j]):.9g}",
                    "predicted_class": str(batch.predicted[i]),
@@ -227,6 +232,7 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
     devices = [device.index or 0] if device.type == "cuda" else []
     firsts = [it for k, it in enumerate(todo) if k == 0 or todo[k - 1].start != it.start]
     following = {a.start: b for a, b in zip(firsts, firsts[1:])}
+    names = class_names(dnn, prep.stim)
     reader = ThreadPoolExecutor(1, "dnnbrain-reader")  # reads the next batch meanwhile
     pending = {it.start: reader.submit(_read_batch, dnn, prep, it) for it in firsts[:1]}
     try:
@@ -254,7 +260,8 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
                       else contextlib.nullcontext()):
                     maps = obj.backprop(batch.x, preprocessed=True)
                 compute += time.perf_counter() - tic
-                writer.submit(it, _rows(cfg, it, prep.stim.ids, batch), maps, batch.x_cpu)
+                writer.submit(it, _rows(cfg, it, prep.stim.ids, batch, dnn, names), maps,
+                              batch.x_cpu)
                 bar.update(maps.shape[0] * maps.shape[1])
         writer.close()
     except BaseException:
@@ -397,6 +404,9 @@ def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
         result.evaluate_s = time.perf_counter() - ev
         where = cfg["evaluate"].get("out_dir")
         link_evaluation(outdir, None if where is None else outdir / where)
+    if cfg.get("probe") is not None and result.manifest.name == MANIFEST_NAME:
+        run_probe(outdir, cfg, prep.dnn, prep.stim, progress)  # single or merging process
+        link_probe(outdir, cfg)
     result.wall_s = time.perf_counter() - tic
     log.info("%s%s: computed %d of %d work items (%d already complete): %d maps; "
              "%.1f maps/s for the maps alone (%.2f s in the methods), %.1f maps/s for the "

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 #: Top-level keys of a run config, in documentation order.
 TOP_KEYS = ("title", "model", "stimuli", "targets", "methods", "outputs", "batch_size", "seed",
-            "evaluate", "network")
+            "evaluate", "probe", "network")
 #: Keys of ``model`` for a named network and for a user's factory.
 MODEL_NAMED_KEYS = ("name", "weights", "pretrained", "device")
 MODEL_FACTORY_KEYS = ("factory", "kwargs", "layers", "img_size", "mean", "std", "device")

@@ -16,6 +16,7 @@ from ..batch.launch import runtime_device
 from ..batch.safeyaml import load_yaml_text
 from ..batch.schema import Problems
 from ..dnn.models import DNN, build_network
+from ..io.maps import existing_part
 from ..io.stim import IMAGE_EXTENSIONS, Stimulus
 
 #: Values one ``-param`` may hold (a scalar or a short list on a command line).
@@ -95,6 +96,24 @@ def load_network(name: str, weights: Optional[str] = None, device: Optional[str]
     """A registered network by name (never ``eval``), on ``device``."""
     return build_network(name, pretrained=pretrained, weights=weights,
                          device=resolve_device(device))
+
+
+def check_out(out: Path, force: bool) -> None:
+    """``-out`` must be a folder (or creatable as one), empty unless ``-force``
+    (FileExistsError / ValueError naming `-out` otherwise)."""
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"`-out` '{out}' is a file, not a folder")
+        if any(out.iterdir()) and not force:
+            raise FileExistsError(f"`-out` '{out}' is not empty; pass -force to write into it")
+        return
+    above = existing_part(out)
+    if not above.is_dir():
+        raise ValueError(f"`-out` '{out}' cannot be created: '{above}' is a file, not a "
+                         "folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ValueError(f"`-out` '{out}' cannot be created: no write permission in "
+                         f"'{above}'")
 
 
 def load_stimuli(spec: Sequence[str] | str) -> Stimulus:

@@ -27,7 +27,6 @@ import contextlib
 import csv
 import io
 import logging
-import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -41,8 +40,8 @@ from ..dnn.classes import class_names, class_of, unit_label
 from ..dnn.fingerprint import fingerprint, seeded
 from ..dnn.models import network_names
 from ..io.images import image_size
-from ..io.maps import atomic_write, existing_part, save_npy
-from .common import (add_verbosity, configure_logging, load_network, load_stimuli,
+from ..io.maps import atomic_write, save_npy
+from .common import (add_verbosity, check_out, configure_logging, load_network, load_stimuli,
                      parse_params, run_main, summary)
 
 log = logging.getLogger(__name__)
@@ -109,23 +108,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-force", action="store_true", help="write into a non-empty -out")
     add_verbosity(p)
     return p
-
-
-def _check_out(out: Path, force: bool) -> None:
-    """``-out`` must be a folder (or creatable as one), empty unless ``-force``."""
-    if out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"`-out` '{out}' is a file, not a folder")
-        if any(out.iterdir()) and not force:
-            raise FileExistsError(f"`-out` '{out}' is not empty; pass -force to write into it")
-        return
-    above = existing_part(out)
-    if not above.is_dir():
-        raise ValueError(f"`-out` '{out}' cannot be created: '{above}' is a file, not a "
-                         "folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise ValueError(f"`-out` '{out}' cannot be created: no write permission in "
-                         f"'{above}'")
 
 
 def write_manifest(path: Path, records: List[dict]) -> Path:
@@ -199,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"`-batch-size` must be >= 1, got {args.batch_size}")
     viz.check_figure_options("gray" if args.cmap is None else args.cmap, args.vmin, args.vmax, args.mode)
-    _check_out(out, args.force)
+    check_out(out, args.force)
     stim = load_stimuli(args.stim)
     names = map_names(stim.ids)
     for path in stim.paths:

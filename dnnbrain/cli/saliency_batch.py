@@ -75,6 +75,9 @@ def run_summary(result) -> str:
     done = len(result.items) - len(result.todo)
     what = [f.name for f in (result.manifest,) if f is not None]
     what += [n for n in ("index.html", "eval/") if (out / n.rstrip("/")).exists()]
+    probe = (result.config.get("probe") or {}).get("dir")
+    if probe is not None and (out / probe / "index.html").is_file():
+        what.append(f"{probe}/ (unit reports)")
     shard = "" if result.shard is None else f" (shard {result.shard[0]}/{result.shard[1]})"
     rate = (f"; {result.run_maps_per_s:.1f} maps/s for the whole run, "
             f"{result.maps_per_s:.1f} for the maps alone" if result.maps else "")

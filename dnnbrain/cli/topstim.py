@@ -18,18 +18,14 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
-
 from ..dnn.fingerprint import fingerprint, seeded
 from ..dnn.models import network_names
 from ..io.maps import atomic_write
-from ..io.stim import Stimulus
 from ..probe.actsource import as_source
 from ..probe.montage import layer_field, unit_montage
 from ..probe.taps import parse_layers
-from ..probe.topstim import Ranking, TopStimuli, top_stimuli
-from .common import load_network, load_stimuli, run_main, setup_logging
-from .saliency import _check_out
+from ..probe.topstim import selection_table, top_stimuli
+from .common import check_out, load_network, load_stimuli, run_main, setup_logging
 
 log = logging.getLogger(__name__)
 PROG = "dnn_topstim"
@@ -65,21 +61,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def selection_table(stim: Stimulus, result: TopStimuli, unit: int,
-                    which: str = "top") -> Stimulus:
-    """The selected rows of ``stim`` for row ``unit`` (from 0) of ``result``'s ranking
-    ``which``, best first, with ``value`` (and ``row``/``col`` of a channel's maximum)."""
-    ranking: Ranking = result.top if which == "top" else result.bottom
-    sub = stim[ranking.index[unit]]
-    data = {k: v for k, v in sub.data.items() if k not in ("value", "row", "col")}
-    data["value"] = ranking.value[unit].astype(np.float64)
-    if ranking.location is not None:
-        data["row"] = ranking.location[unit, :, 0]
-        data["col"] = ranking.location[unit, :, 1]
-    return Stimulus(data, path=sub.root, type=sub.header["type"],
-                    title=sub.header.get("title", ""))
-
-
 def _check(args: argparse.Namespace) -> None:
     if args.top < 1:
         raise ValueError(f"`-top` must be >= 1, got {args.top}")
@@ -103,7 +84,7 @@ def _check(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int:
     _check(args)
     out = Path(args.out)
-    _check_out(out, args.force)
+    check_out(out, args.force)
     stim = load_stimuli(args.stim)
     if args.top > len(stim):
         raise ValueError(f"`-top` {args.top} is more than the {len(stim)} stimuli of -stim")
