@@ -62,6 +62,36 @@ def stimulus_pictures(out: Path, stim: Stimulus, transform: Any = None) -> Dict[
     return rels
 
 
+def write_network_views(out: Path, ids: Sequence[str], x: Any, transform: Any) -> int:
+    """Write the ``stimuli/`` pictures that :func:`stimulus_pictures` gives (with
+    ``transform``) from a batch's network input, so that the gallery need not read and
+    transform the stimuli again; pictures already present are kept.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        The output folder.
+    ids : sequence of str
+        The stimulus ids of the rows of ``x``.
+    x : torch.Tensor
+        ``(B, C, H, W)`` network input (``transform.batch`` of the stimuli), on the CPU.
+    transform : ImageTransform
+        ``dnn.test_transform``.
+
+    Returns
+    -------
+    int
+        Pictures written.
+    """
+    written = 0
+    for sid, xi in zip(ids, x):
+        path = out / f"stimuli/{map_stem(sid)}.png"
+        if not path.is_file():
+            save_png(path, network_view(xi, transform))
+            written += 1
+    return written
+
+
 def _unit_name(dnn: Any, layer: str, unit: str, names: Optional[Dict[int, str]]) -> str:
     """``'unit 2 (square)'``: the class on the output layer, when known."""
     cls = class_of(dnn, layer, int(unit), names) if dnn is not None and unit.isdigit() \

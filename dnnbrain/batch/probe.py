@@ -29,7 +29,7 @@ from ..io.maps import atomic_write
 from ..probe.report import probe_units
 from ..probe.taps import parse_layers
 from . import checks
-from .build import runtime_device
+from .launch import runtime_device
 from .schema import Problems, integer, is_int, key, mapping, string, type_name
 
 log = logging.getLogger(__name__)

@@ -26,15 +26,14 @@ from ..dnn.algo.registry import make_method
 from ..dnn.algo.target import LABEL, predicted_units, select
 from ..dnn.classes import ClassNames, class_names, class_of
 from ..dnn.tokens import layout_of
-from .build import runtime_device
 from .config import Prepared, prepare
 from .gallery import link_evaluation, link_probe, write_index
+from .launch import parse_shard, runtime_device
 from .merge import merge_parts
 from .probe import run_probe
-from .plan import (Shard, WorkItem, make_plan, map_files, map_stem, parse_shard, shard_items,
-                   unit_text)
+from .plan import Shard, WorkItem, make_plan, map_files, map_stem, shard_items, unit_text
 from . import network
-from .lock import run_lock
+from .lock import folder_lock, run_lock
 from .store import (CONFIG_NAME, MANIFEST_NAME, check_output_dir, clean_temps, marker_path,
                     part_name, read_marker, write_config, write_manifest)
 from .writer import MapWriter
@@ -245,6 +244,7 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
                     if nxt is not None and nxt.start not in pending:
                         pending[nxt.start] = reader.submit(_read_batch, dnn, prep, nxt)
                     batch = _load_batch(dnn, prep, it, x_cpu, device)
+                    writer.submit_views(prep.stim.ids[it.start:it.stop], x_cpu)
                 if (it.target, it.method) not in objs:
                     t, m = cfg["targets"][it.target], dict(cfg["methods"][it.method])
                     name = m.pop("name")
@@ -310,8 +310,9 @@ def run(config: ConfigLike, force: bool = False, dry_run: bool = False,
     dry_run : bool
         List the work (:attr:`RunResult.todo`) without computing or writing anything.
     shard : 'k/n', (k, n) or None
-        Compute only shard ``k`` (from 0) of ``n``; None reads ``RANK`` / ``WORLD_SIZE``
-        (as torchrun sets them), else one process does everything.
+        Compute only shard ``k`` (from 0) of ``n``; None reads torchrun's or SLURM's
+        variables (:func:`dnnbrain.batch.launch.parse_shard`), else one process does
+        everything.
     out : str, os.PathLike or None
         Overrides ``outputs.dir``.
     progress : bool or None
@@ -376,7 +377,9 @@ def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
     write_config(outdir, cfg)
     prep.dnn = network.use_run_network(prep.dnn, outdir, cfg["network"], replace=new_net)
     if sh is not None:
-        (outdir / part_name(*sh)).unlink(missing_ok=True)
+        with folder_lock(outdir):  # not while a merge reads the parts (see .merge)
+            for name in (part_name(*sh), MANIFEST_NAME):
+                (outdir / name).unlink(missing_ok=True)
         clean_temps(outdir, {f for it in mine for f in _item_paths(cfg, it, prep.stim.ids)})
     else:
         clean_temps(outdir)

@@ -1,7 +1,8 @@
 """``dnn_act``: activations of several layers for a set of stimuli, streamed to disk.
 
 DNNBrain's options (``-net -layer -stim -pool -out``) plus ``-chn`` (a channel subset),
-``-batch-size``, ``-shard k/n`` (or ``$RANK``/``$WORLD_SIZE``), ``-force``, ``-weights``
+``-batch-size``, ``-shard k/n`` (or torchrun's / SLURM's variables:
+:mod:`dnnbrain.batch.launch`), ``-force``, ``-weights``
 (or ``-random-weights`` with ``-seed``), ``-device`` and ``-h5`` (DNNBrain's ``.act.h5``,
 needs h5py). Writes ``<out>/<layer>.npy`` (float32, one row per stimulus) and
 ``<out>/manifest.json``; a killed run resumes where it stopped when run again.
@@ -49,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-batch-size", dest="batch_size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"stimuli per forward pass (default: {DEFAULT_BATCH_SIZE})")
     p.add_argument("-shard", default=None, metavar="K/N",
-                   help="compute shard K of N (default: $RANK/$WORLD_SIZE, else all)")
+                   help="compute shard K of N (default: torchrun's RANK/WORLD_SIZE, else "
+                        "SLURM_PROCID/SLURM_NTASKS, else all)")
     p.add_argument("-weights", help="weights file (default: offline search, see docs)")
     p.add_argument("-random-weights", dest="random_weights", action="store_true",
                    help="random weights (seeded by -seed) instead of trained ones")

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from ..batch.config import check_device
+from ..batch.launch import runtime_device
 from ..batch.safeyaml import load_yaml_text
 from ..batch.schema import Problems
 from ..dnn.models import DNN, build_network
@@ -78,11 +79,12 @@ def summary(args: argparse.Namespace, line: str) -> None:
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
-    """``'auto'``/None -> CUDA when available, else CPU; else a device this machine has
-    (cpu, cuda[:N], mps), checked as a run config's ``model.device``
+    """``'auto'``/None -> CUDA when available (``cuda:<local rank>`` under torchrun or
+    SLURM: :func:`dnnbrain.batch.launch.runtime_device`), else CPU; else a device this
+    machine has (cpu, cuda[:N], mps), checked as a run config's ``model.device``
     (:func:`dnnbrain.batch.config.check_device`): ValueError naming `device` otherwise."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return runtime_device("auto")
     problems = Problems()
     if check_device(problems, "device", device) is None:
         raise ValueError(f"`device` {problems.items[0][1]}")

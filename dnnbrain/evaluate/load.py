@@ -14,7 +14,8 @@ import torch
 import yaml
 from PIL import Image
 
-from ..batch.build import build_model, runtime_device
+from ..batch.build import build_model
+from ..batch.launch import runtime_device
 from ..batch.network import load_run_network
 from ..batch.store import COLUMNS, CONFIG_NAME, MANIFEST_NAME, read_manifest
 from ..dnn.models import DNN
