@@ -375,6 +375,13 @@ def test_index_names_classes_links_evaluation_and_shows_the_network_view(
     # 'predicted' cells say which unit their map explains
     conv = next(r for r in table if r["layer"] == "conv4")
     assert f"guided<br>unit {conv['unit']}" in page
+    # the colour key: the default 'auto' colormap's two strips, each a colour table
+    from dnnbrain.batch.pictures import colour_table
+    for name in ("inferno", "RdBu_r"):
+        assert f'src="colorbar_{name}.png"' in page
+        strip = np.asarray(Image.open(out / f"colorbar_{name}.png"))
+        np.testing.assert_array_equal(strip[0], colour_table(name))
+    assert "map min → its 99th percentile" in page
     pic = out / "stimuli" / "shape_00.png"  # the network's view: its size, as a PNG
     with Image.open(pic) as im:
         assert im.size == (64, 64) and im.mode == "RGB"

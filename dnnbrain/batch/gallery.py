@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
+import numpy as np
+
+from .. import viz
 from ..dnn.classes import class_names, class_of, stimulus_classes
 from ..io.maps import atomic_write, save_png
 from ..io.stim import Stimulus
 from ..viz import network_view
+from .pictures import colour_table
 from .plan import map_stem, unit_text
 
 INDEX_NAME = "index.html"
@@ -36,6 +40,7 @@ td img{width:100%;max-width:320px;height:auto;image-rendering:pixelated;display:
 margin:auto}
 .meta{color:#555;font-size:13px}
 .eval img{height:220px;margin:4px}
+.key img{width:128px;height:12px;vertical-align:middle;border:1px solid #999}
 """
 
 
@@ -148,6 +153,26 @@ def probe_links(out: Path, config: Mapping[str, Any]) -> str:
             f"receptive fields, feature visualisations</p></section>{PROBE_END}")
 
 
+def colour_legend(out: Path, outputs: Mapping[str, Any]) -> str:
+    """The index's colour key: a colorbar strip per colormap the pictures use
+    (``outputs.colormap``; ``'auto'``: the sequential and the diverging one), written to
+    ``out/colorbar_<cmap>.png``, with what its ends mean."""
+    cmap, pct = outputs["colormap"], outputs.get("percentile")
+    top = "max" if pct is None else f"{pct:g}th percentile"
+    keys = ([(viz.SEQUENTIAL, f"map min → its {top} (|map| for colour maps, CAMs as they are)"),
+             (viz.DIVERGING, f"−a → 0 → +a for 2-D maps with negative values, a = their max "
+                             f"|value|{'' if pct is None else f' ({top})'}")]
+            if cmap == viz.AUTO else [(cmap, f"map min → its {top}")])
+    items = []
+    for name, text in keys:
+        rel = f"colorbar_{name}.png"
+        strip = np.repeat(colour_table(name)[None], 12, axis=0)
+        save_png(out / rel, strip)
+        items.append(f'<span class="key"><img src="{_href(rel)}" alt="{html.escape(name)}">'
+                     f" {html.escape(name)}: {html.escape(text)}</span>")
+    return f'<p class="meta">Colours, each picture on its own scale: {" · ".join(items)}</p>'
+
+
 def _fill(out: Path, start: str, end: str, block: str) -> Optional[Path]:
     """Replace the block between ``start`` and ``end`` of ``out/index.html``; None when
     the run has no index (or the index no such block)."""
@@ -222,6 +247,7 @@ def write_index(out: Path, config: Mapping[str, Any], rows: Sequence[Mapping[str
         "maps, each picture scaled to its own range. "
         f'<a href="manifest.csv">manifest.csv</a> · '
         f'<a href="config.resolved.yaml">config.resolved.yaml</a></p>',
+        colour_legend(out, config["outputs"]) if {"png", "overlay"} & set(save) else "",
         evaluation_links(out), probe_links(out, config),
         "<ul>" + "".join(f'<li><a href="#target{t}">targets[{t}]: {html.escape(tg["layer"])}'
                          f"</a></li>" for t, tg in enumerate(config["targets"])) + "</ul>"]
