@@ -23,7 +23,7 @@ from ..models import DNN
 from ..tokens import TokenLayout, layout_of
 from .calls import Call, CallCounts, call_index, check_call, count_calls
 from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
-from .checks import SIGMA_MULTIPLIER, input_shape_error
+from .checks import SIGMA_MULTIPLIER, input_errors
 from .forward import StopForward, eval_mode, pass_hooks
 from .passes import smooth_maps
 from .relu import relu_override
@@ -543,21 +543,10 @@ class SaliencyImage:
             except StopForward:
                 pass
 
-    @contextlib.contextmanager
-    def _input_errors(self, x: torch.Tensor) -> Iterator[None]:
+    def _input_errors(self, x: torch.Tensor):
         """Torch's complaints about an input the network cannot take become a ValueError
-        naming `image` (the original as its ``__cause__``); every other error propagates
-        as it is."""
-        try:
-            yield
-        except RuntimeError as err:
-            size = self.dnn.test_transform.size
-            bad = input_shape_error(err, x.shape, self.dnn.name,
-                                    None if size is None else
-                                    (self.dnn.test_transform.channels,) + tuple(size))
-            if bad is None:
-                raise
-            raise bad from err
+        naming `image` (:func:`dnnbrain.dnn.algo.checks.input_errors`)."""
+        return input_errors(self.dnn, x)
 
     @contextlib.contextmanager
     def _hooks(self, to_layer: Optional[str] = None, at_output: Optional[str] = None,
