@@ -4,9 +4,9 @@ DNNBrain's options (``-net -layer -stim -pool -out``) plus ``-chn`` (a channel s
 ``-batch-size``, ``-shard k/n`` (or torchrun's / SLURM's variables:
 :mod:`dnnbrain.batch.launch`), ``-force``, ``-weights``
 (or ``-random-weights`` with ``-seed``), ``-device``, ``-h5`` (DNNBrain's ``.act.h5``,
-needs h5py) and ``-q``/``-v``. Writes ``<out>/<layer>.npy`` (float32, one row per stimulus) and
-``<out>/manifest.json``; a killed run resumes where it stopped when run again.
-Prints one line saying what it computed and where (nothing with ``-q``).
+needs h5py) and ``-q``/``-v``. Writes ``<out>/<layer>.npy`` (float32, one row per
+stimulus) and ``<out>/manifest.json``; a killed run resumes where it stopped when run
+again. Prints one line saying what it computed and where (nothing with ``-q``).
 """
 from __future__ import annotations
 
@@ -77,8 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     dnn = network_from_args(args, seed)
     store = activations(dnn, stim, list(args.layer), pool=args.pool, units=args.chn,
                         batch_size=args.batch_size, out=out, shard=args.shard,
-                        force=args.force,
-                        progress=args.progress and not args.quiet)
+                        force=args.force, progress=args.progress and not args.quiet)
     shapes = ", ".join(f"{k} {tuple(v[1:])}" for k, v in store.shapes.items())
     if not store.complete:
         done = sum(b - a for a, b in store.done)

@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> None:
     if args.top < 1:
         raise ValueError(f"`-top` must be >= 1, got {args.top}")
     if args.batch_size < 1:
@@ -62,11 +62,11 @@ def _check(args: argparse.Namespace) -> int:
             raise ValueError(f"`-chn` values count from 1, got {bad[0]}")
         if len(set(args.chn)) < len(args.chn):
             raise ValueError(f"`-chn` names a channel more than once: {args.chn}")
-    return check_network_args(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    seed = _check(args)
+    _check(args)
+    seed = check_network_args(args)
     out = Path(args.out)
     check_out(out, args.force)
     stim = load_stimuli(args.stim)
