@@ -1,7 +1,7 @@
 """Every command's output contract (docs/cli.rst, *What the commands print and write*):
 one summary line on stdout naming where the output went, nothing at all with ``-q``.
 
-Each command runs on the demo network (ShapeNet) and two demo stimuli."""
+Each command runs on the demo network (ShapeNet) and one demo stimulus."""
 from pathlib import Path
 
 import pytest
@@ -13,16 +13,16 @@ from dnnbrain.io.stim import Stimulus, demo_stimulus_file
 
 
 @pytest.fixture(scope="module")
-def two(tmp_path_factory):
-    """The first two demo stimuli (with their boxes and masks)."""
+def stim1(tmp_path_factory):
+    """The first demo stimulus (with its box and mask)."""
     folder = tmp_path_factory.mktemp("stim")
-    return Stimulus.read(demo_stimulus_file())[[0, 1]].write(folder / "two.stim.csv")
+    return Stimulus.read(demo_stimulus_file())[[0]].write(folder / "one.stim.csv")
 
 
 @pytest.fixture(scope="module")
-def run_yaml(two, tmp_path_factory):
-    """A two-map batch run: vanilla maps of fc2 unit 1."""
-    cfg = {"model": {"name": "ShapeNet", "device": "cpu"}, "stimuli": str(two),
+def run_yaml(stim1, tmp_path_factory):
+    """A one-map batch run: the vanilla map of fc2 unit 1."""
+    cfg = {"model": {"name": "ShapeNet", "device": "cpu"}, "stimuli": str(stim1),
            "targets": [{"layer": "fc2", "units": [1]}], "methods": ["vanilla"],
            "outputs": {"save": ["npy"]}}
     path = tmp_path_factory.mktemp("cfg") / "run.yaml"
@@ -30,32 +30,32 @@ def run_yaml(two, tmp_path_factory):
     return path
 
 
-def _net(two):
-    return ["-net", "ShapeNet", "-stim", str(two), "-device", "cpu"]
+def _net(stim1):
+    return ["-net", "ShapeNet", "-stim", str(stim1), "-device", "cpu"]
 
 
-def _saliency(out, two, run_yaml):
-    return [*_net(two), "-layer", "fc2", "-chn", "1", "-meth", "vanilla", "-out", str(out)]
+def _saliency(out, stim1, run_yaml):
+    return [*_net(stim1), "-layer", "fc2", "-chn", "1", "-meth", "vanilla", "-out", str(out)]
 
 
-def _act(out, two, run_yaml):
-    return [*_net(two), "-layer", "conv1", "fc1", "-pool", "max", "-out", str(out)]
+def _act(out, stim1, run_yaml):
+    return [*_net(stim1), "-layer", "conv1", "fc1", "-pool", "max", "-out", str(out)]
 
 
-def _topstim(out, two, run_yaml):
-    return [*_net(two), "-layer", "fc2", "-chn", "1", "-top", "1", "-out", str(out)]
+def _topstim(out, stim1, run_yaml):
+    return [*_net(stim1), "-layer", "fc2", "-chn", "1", "-top", "1", "-out", str(out)]
 
 
-def _probe(out, two, run_yaml):
-    return [*_net(two), "-layer", "fc2", "-chn", "1", "-top", "1", "-meth",
+def _probe(out, stim1, run_yaml):
+    return [*_net(stim1), "-layer", "fc2", "-chn", "1", "-top", "1", "-meth",
             "-featvis-steps", "0", "-out", str(out)]
 
 
-def _batch(out, two, run_yaml):
+def _batch(out, stim1, run_yaml):
     return [str(run_yaml), "-out", str(out)]
 
 
-def _eval(out, two, run_yaml):
+def _eval(out, stim1, run_yaml):
     folder = out.parent / "run"
     if not folder.exists():
         run(run_yaml, out=folder, progress=False)
@@ -71,14 +71,14 @@ COMMANDS = {"dnn_saliency": (saliency.main, _saliency),
 
 
 @pytest.mark.parametrize("prog", list(COMMANDS))
-def test_one_summary_line_or_nothing_with_quiet(prog, two, run_yaml, tmp_path, capsys):
+def test_one_summary_line_or_nothing_with_quiet(prog, stim1, run_yaml, tmp_path, capsys):
     main, argv = COMMANDS[prog]
     quiet = tmp_path / "quiet"
-    assert main(argv(quiet, two, run_yaml) + ["-q"]) == 0
+    assert main(argv(quiet, stim1, run_yaml) + ["-q"]) == 0
     assert capsys.readouterr() == ("", "")
     assert any(quiet.iterdir())  # it did write its output
     out = tmp_path / "out"
-    assert main(argv(out, two, run_yaml)) == 0
+    assert main(argv(out, stim1, run_yaml)) == 0
     text = capsys.readouterr().out
     if prog == "dnn_saliency_eval":  # its Markdown table comes first
         table = (out / "table.md").read_text(encoding="utf-8")
