@@ -342,16 +342,14 @@ def test_bad_evaluate_sections(stim12, tmp_path, section, needle):
     assert needle in str(err.value)
 
 
-def test_cli_prints_one_summary_line_unless_quiet(ref, cfg_file, capsys):
+def test_cli_summary_line_of_a_resumed_run(ref, cfg_file, capsys):
+    """What the line says (one line, nothing with -q: tests/test_cli_summary.py)."""
     out = ref.out_dir
     assert main([str(cfg_file), "-out", str(out)]) == 0  # resumed: nothing to compute
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].startswith("dnn_saliency_batch: 0 maps computed in ")
     assert lines[0].endswith(f"(0 work items, {N_ITEMS} already complete) -> {out}/ "
                              "(manifest.csv, index.html)")
-    assert main([str(cfg_file), "-out", str(out), "-q"]) == 0
-    captured = capsys.readouterr()
-    assert captured.out == "" and captured.err == ""
 
 
 def test_index_names_classes_links_evaluation_and_shows_the_network_view(

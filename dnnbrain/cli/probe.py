@@ -17,12 +17,12 @@ from typing import List, Optional
 
 from ..batch.checks import method_param_names
 from ..dnn.algo.registry import method_names
-from ..dnn.fingerprint import fingerprint, seeded
-from ..dnn.models import network_names
 from ..probe.report import probe_units
 from ..probe.taps import parse_layers
-from .common import (add_verbosity, check_out, configure_logging, load_network, load_stimuli,
-                     parse_params, progress_flag, run_main, summary)
+from .common import (add_batch_size_arg, add_layer_arg, add_network_args, add_output_args,
+                     add_stim_arg, add_verbosity, check_network_args, check_out,
+                     load_stimuli, network_from_args, parse_params, progress_flag,
+                     run_command, summary)
 
 log = logging.getLogger(__name__)
 PROG = "dnn_probe"
@@ -30,14 +30,13 @@ PROG = "dnn_probe"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("-net", required=True, metavar="NET",
-                   help=f"network name, one of {network_names()} (case-insensitive), or "
-                        "timm:<model>")
-    p.add_argument("-layer", required=True, help="layer name (or dotted module path)")
+    add_network_args(p, seed_default=0,
+                     seed_help="seed of the feature visualisation, stochastic methods and "
+                               "-random-weights (default: 0)")
+    add_layer_arg(p)
     p.add_argument("-chn", required=True, nargs="+", type=int, metavar="CHN",
                    help="channel(s) (classes on the output layer), counted from 1")
-    p.add_argument("-stim", required=True, nargs="+", metavar="STIM",
-                   help="a .stim.csv file, a folder of images, or image files")
+    add_stim_arg(p)
     p.add_argument("-top", type=int, default=8, metavar="K",
                    help="top and bottom stimuli per channel (default: 8)")
     p.add_argument("-meth", nargs="*", default=["vanilla"], metavar="METH",
@@ -49,17 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="how a conv channel's map becomes one number (default: max)")
     p.add_argument("-featvis-steps", dest="featvis_steps", type=int, default=256,
                    help="steps of the feature visualisation (default: 256; 0: none)")
-    p.add_argument("-seed", type=int, default=0,
-                   help="seed of the feature visualisation, stochastic methods and "
-                        "-random-weights (default: 0)")
-    p.add_argument("-weights", help="weights file (default: offline search, see docs)")
-    p.add_argument("-random-weights", dest="random_weights", action="store_true",
-                   help="random weights (seeded by -seed) instead of trained ones")
-    p.add_argument("-device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("-batch-size", dest="batch_size", type=int, default=64,
-                   help="stimuli per forward pass (default: 64)")
-    p.add_argument("-out", required=True, help="output folder")
-    p.add_argument("-force", action="store_true", help="write into a non-empty -out")
+    add_batch_size_arg(p)
+    add_output_args(p)
     add_verbosity(p)
     return p
 
@@ -92,8 +82,7 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"`-chn` values count from 1, got {bad[0]}")
     if len(set(args.chn)) < len(args.chn):
         raise ValueError(f"`-chn` names a channel more than once: {args.chn}")
-    if args.random_weights and args.weights:
-        raise ValueError("`-random-weights` and `-weights` exclude each other; pass one")
+    check_network_args(args, seed_only_weights=False)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -104,14 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     stim = load_stimuli(args.stim)
     if args.top > len(stim):
         raise ValueError(f"`-top` {args.top} is more than the {len(stim)} stimuli of -stim")
-    with seeded(args.seed):
-        try:
-            dnn = load_network(args.net, args.weights, args.device,
-                               pretrained=not args.random_weights)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(str(err).replace("pass pretrained=False",
-                                                     "pass -random-weights")) from None
-    log.info("network %s: fingerprint %s", args.net, fingerprint(dnn.model))
+    dnn = network_from_args(args, args.seed)
     try:
         parse_layers(dnn, args.layer, args.chn)  # -layer and -chn, before any work
     except ValueError as err:
@@ -132,6 +114,4 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_probe``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    configure_logging(args)
-    return run_main(PROG, lambda: _run(args))
+    return run_command(PROG, _parser(), _run, argv)

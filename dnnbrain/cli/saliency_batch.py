@@ -17,8 +17,7 @@ from typing import List, Optional
 
 from ..batch.merge import merge
 from ..batch.runner import describe, run
-from .common import (add_verbosity, configure_logging, progress_flag, run_main,
-                     summary)
+from .common import add_verbosity, progress_flag, run_command, summary
 
 log = logging.getLogger(__name__)
 PROG = "dnn_saliency_batch"
@@ -88,9 +87,7 @@ def run_summary(result) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_saliency_batch``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    configure_logging(args)
-    return run_main(PROG, lambda: _run(args))
+    return run_command(PROG, _parser(), _run, argv)
 
 
 if __name__ == "__main__":
