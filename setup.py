@@ -43,6 +43,7 @@ setup(
             "dnn_saliency_eval=dnnbrain.cli.saliency_eval:main",
             "dnn_act=dnnbrain.cli.act:main",
             "dnn_topstim=dnnbrain.cli.topstim:main",
+            "dnn_probe=dnnbrain.cli.probe:main",
         ],
     },
 )

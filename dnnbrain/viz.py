@@ -11,7 +11,7 @@ import math
 import numbers
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 import matplotlib
 import numpy as np
@@ -203,10 +203,29 @@ def _map_2d(map: ArrayLike, percentile: Optional[float], reduce: str = "sumabs")
         np.float64), None
 
 
+def auto_limits(m: np.ndarray, percentile: Optional[float]) -> Tuple[str, Optional[float],
+                                                                      Optional[float]]:
+    """What ``cmap='auto'`` means for one 2-D map ``m``: ``(cmap, vmin, vmax)``.
+
+    A map with a negative value gets :data:`DIVERGING` centred on zero, limits ``-a, a``
+    with ``a`` its max ``|value|`` (or that ``percentile`` of ``|value|``); any other map
+    :data:`SEQUENTIAL` with the default limits (None, None).
+    """
+    if float(m.min()) >= 0:
+        return SEQUENTIAL, None, None
+    a = np.abs(m)
+    hi = float(a.max() if percentile is None else np.percentile(a, percentile))
+    return (DIVERGING, -hi, hi) if hi > 0 else (DIVERGING, -1.0, 1.0)
+
+
 def _colorize(m: np.ndarray, cmap: Union[str, Colormap], percentile: Optional[float],
               vmin: Optional[float], vmax: Optional[float]) -> np.ndarray:
-    cm = _get_cmap(cmap)
     _check_limits(vmin, vmax)
+    if isinstance(cmap, str) and cmap == AUTO:
+        cmap, lo, hi = auto_limits(m, percentile)
+        if vmin is None and vmax is None:  # limits given by the caller win
+            vmin, vmax = lo, hi
+    cm = _get_cmap(cmap)
     lo = float(m.min() if vmin is None else vmin)
     hi = vmax if vmax is not None else (m.max() if percentile is None else
                                          np.percentile(m, percentile))
@@ -224,7 +243,9 @@ def heatmap(map: ArrayLike, cmap: Union[str, Colormap] = "inferno",
         ``(H, W)`` used as is, or ``(3, H, W)`` / ``(H, W, 3)`` reduced with
         :func:`grayscale` first (at ``percentile``, or 100 when None).
     cmap : str or matplotlib.colors.Colormap
-        Any matplotlib colormap name (an unknown one raises ValueError).
+        Any matplotlib colormap name (an unknown one raises ValueError), or ``'auto'``:
+        :data:`DIVERGING` centred on zero for a map with negative values, else
+        :data:`SEQUENTIAL` (:func:`auto_limits`).
     percentile : float or None
         For a 2-D map, the default ``vmax`` is this percentile of the map (None: its max).
     vmin, vmax : float or None
@@ -323,6 +344,8 @@ SEQUENTIAL = "inferno"
 #: Default colormap of signed maps, centred on zero (limits: plus and minus the largest
 #: absolute value): diverging.
 DIVERGING = "RdBu_r"
+#: ``cmap`` that picks :data:`DIVERGING` or :data:`SEQUENTIAL` by the map's sign.
+AUTO = "auto"
 
 
 def is_signed(maps: Any) -> bool:
@@ -399,6 +422,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["check_figure_options", "grayscale", "diverging", "heatmap", "overlay",
-           "to_uint8_image", "network_view", "is_signed", "default_cmap", "SEQUENTIAL",
-           "DIVERGING", "save_image"]
+__all__ = ["check_figure_options", "grayscale", "reduce_channels", "diverging", "heatmap",
+           "overlay", "to_uint8_image", "network_view", "is_signed", "default_cmap", "auto_limits",
+           "SEQUENTIAL", "DIVERGING", "AUTO", "save_image"]

@@ -21,6 +21,7 @@ from dnnbrain.batch import writer as writer_mod
 from dnnbrain.batch.plan import make_plan, shard_items
 from dnnbrain.batch.store import comparable
 from dnnbrain.cli.saliency_batch import main
+from dnnbrain.dnn.zoo import SHAPENET_CLASSES
 from dnnbrain.dnn.algo import GuidedSaliencyImage, VanillaSaliencyImage
 from dnnbrain.dnn.algo.engine import SaliencyImage
 from dnnbrain.io.maps import load_nifti
@@ -81,8 +82,8 @@ def test_outputs_manifest_and_values(ref, stim12, shapenet):
                                                "index.html", "vanilla", "guided", "stimuli"}
     table = rows(ref.manifest)
     assert len(table) == 72 and list(table[0]) == [
-        "stimulus", "target", "layer", "unit", "requested_unit", "reduce", "method",
-        "activation", "predicted_class", "network", "npy", "png"]
+        "stimulus", "target", "layer", "unit", "requested_unit", "class", "reduce",
+        "method", "activation", "predicted_class", "network", "npy", "png"]
     assert all((out / r["npy"]).is_file() and (out / r["png"]).is_file() for r in table)
     x = shapenet.test_transform.batch([str(stim12.parent / r["stimulus"]) for r in table])
     with torch.no_grad():
@@ -90,12 +91,14 @@ def test_outputs_manifest_and_values(ref, stim12, shapenet):
         conv4 = GuidedSaliencyImage(shapenet).layer_output(x, "conv4").mean((2, 3))
     for i, r in enumerate(table):
         assert int(r["predicted_class"]) == int(logits[i].argmax()) + 1
-        if r["layer"] == "fc2":
+        if r["layer"] == "fc2":  # the output layer: its units are the shape classes
+            assert r["class"] == SHAPENET_CLASSES[int(r["unit"]) - 1]
             assert r["npy"] == f"{r['method']}/fc2/unit{r['unit']}/{r['stimulus'][:-4]}.npy"
             assert float(r["activation"]) == pytest.approx(
                 float(logits[i, int(r["unit"]) - 1]), abs=1e-5)
         else:  # 'predicted' goes to unitpred; the manifest says which unit it was
             assert r["requested_unit"] == "predicted" and "/conv4/unitpred/" in r["npy"]
+            assert r["class"] == ""
             assert int(r["unit"]) == int(conv4[i].argmax()) + 1
             assert float(r["activation"]) == pytest.approx(float(conv4[i].max()), abs=1e-5)
 
@@ -303,12 +306,18 @@ def test_evaluate_section_runs_metrics_at_the_end(stim12, tmp_path):
     from dnnbrain.metrics import proportional_energy
     from dnnbrain.io.stim import Stimulus
     cfg = {"model": {"name": "ShapeNet", "device": "cpu"}, "stimuli": str(stim12),
-           "targets": [{"layer": "fc2", "units": "predicted"}], "methods": ["guided"],
+           "targets": [{"layer": "fc2", "units": "predicted"},
+                       {"layer": "fc2", "units": [2, 4]}, {"layer": "conv4", "units": [1]}],
+           "methods": ["guided"],
            "outputs": {"dir": str(tmp_path / "out"), "save": ["npy"]},
            "evaluate": {"metrics": ["localisation"], "out_dir": "scores", "plots": False}}
     run(cfg, progress=False)
     scores = json.loads((tmp_path / "out" / "scores" / "metrics.json").read_text())
-    assert (tmp_path / "out" / "scores" / "table.md").is_file()
+    # class units are named (from the manifest's class column); others are not
+    assert [t["classes"] for t in scores["targets"]] == [[], ["square", "star"], []]
+    table = (tmp_path / "out" / "scores" / "table.md").read_text(encoding="utf-8")
+    assert "## targets[1]: fc2 units 2, 4 (square, star) (reduce mean)" in table
+    assert scores["targets"][1]["short"] == "fc2 units 2,4\n(square, star)"
     stim = Stimulus.read(stim12)
     record = next(m for m in scores["maps"] if m["stimulus"] == "shape_00.png")
     first = np.load(tmp_path / "out" / record["map"])
@@ -333,16 +342,14 @@ def test_bad_evaluate_sections(stim12, tmp_path, section, needle):
     assert needle in str(err.value)
 
 
-def test_cli_prints_one_summary_line_unless_quiet(ref, cfg_file, capsys):
+def test_cli_summary_line_of_a_resumed_run(ref, cfg_file, capsys):
+    """What the line says (one line, nothing with -q: tests/test_cli_summary.py)."""
     out = ref.out_dir
     assert main([str(cfg_file), "-out", str(out)]) == 0  # resumed: nothing to compute
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].startswith("dnn_saliency_batch: 0 maps computed in ")
     assert lines[0].endswith(f"(0 work items, {N_ITEMS} already complete) -> {out}/ "
                              "(manifest.csv, index.html)")
-    assert main([str(cfg_file), "-out", str(out), "-q"]) == 0
-    captured = capsys.readouterr()
-    assert captured.out == "" and captured.err == ""
 
 
 def test_index_names_classes_links_evaluation_and_shows_the_network_view(
@@ -366,6 +373,13 @@ def test_index_names_classes_links_evaluation_and_shows_the_network_view(
     # 'predicted' cells say which unit their map explains
     conv = next(r for r in table if r["layer"] == "conv4")
     assert f"guided<br>unit {conv['unit']}" in page
+    # the colour key: the default 'auto' colormap's two strips, each a colour table
+    from dnnbrain.batch.pictures import colour_table
+    for name in ("inferno", "RdBu_r"):
+        assert f'src="colorbar_{name}.png"' in page
+        strip = np.asarray(Image.open(out / f"colorbar_{name}.png"))
+        np.testing.assert_array_equal(strip[0], colour_table(name))
+    assert "map min → its 99th percentile" in page
     pic = out / "stimuli" / "shape_00.png"  # the network's view: its size, as a PNG
     with Image.open(pic) as im:
         assert im.size == (64, 64) and im.mode == "RGB"

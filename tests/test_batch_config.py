@@ -8,8 +8,7 @@ import torch
 import yaml
 
 from dnnbrain.batch import load_config, run
-from dnnbrain.batch.build import runtime_device
-from dnnbrain.batch.plan import make_plan, map_stem, parse_shard, shard_items, unit_folder
+from dnnbrain.batch.plan import make_plan, map_stem, shard_items, unit_folder
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +130,7 @@ def test_yaml_file_relative_paths_resolved_and_defaults(stim12, tmp_path, monkey
     assert cfg["stimuli"] == str(stim12)
     assert cfg["outputs"] == {"dir": str(tmp_path / "cwd" / "out" / "run"),
                               "save": ["npy", "png"],
-                              "colormap": "inferno", "percentile": 99.0, "alpha": 0.5}
+                              "colormap": "auto", "percentile": 99.0, "alpha": 0.5}
     assert cfg["targets"] == [{"layer": "fc2", "units": ["predicted"], "reduce": "mean"},
                               {"layer": "conv4", "units": [[2, 3, 4]], "reduce": "mean"}]
     assert cfg["methods"][1] == {"name": "smoothgrad", "label": "smoothgrad", "base": "guided",
@@ -189,19 +188,6 @@ def test_factory_model(base, tmp_path):
     assert "model.weights: unknown key" in problems(f, allow_code=True)
 
 
-def test_shard_parsing(monkeypatch):
-    assert parse_shard("1/3", env={}) == (1, 3)
-    assert parse_shard((0, 2), env={}) == (0, 2)
-    assert parse_shard(None, env={}) is None
-    assert parse_shard("0/1", env={}) is None
-    assert parse_shard(None, env={"RANK": "2", "WORLD_SIZE": "4"}) == (2, 4)
-    for bad in ("3/3", "1", "a/b", "-1/2"):
-        with pytest.raises(ValueError, match="k/n"):
-            parse_shard(bad, env={})
-    with pytest.raises(ValueError, match="RANK/WORLD_SIZE"):
-        parse_shard(None, env={"RANK": "4", "WORLD_SIZE": "4"})
-
-
 def test_plan_shards_are_disjoint_and_complete(base):
     cfg = load_config(dict(base, batch_size=5))
     plan = make_plan(cfg, 12)
@@ -215,14 +201,6 @@ def test_names():
                                                                      "unit2_3_4"]
     assert map_stem("shape_00.png") == "shape_00"
     assert map_stem("a/b/c.JPEG") == "a/b/c" and map_stem("../x/./y.png") == "x/y"
-
-
-def test_runtime_device(monkeypatch):
-    assert runtime_device("cpu") == torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert runtime_device("auto", env={"LOCAL_RANK": "1"}) == torch.device("cuda:1")
-    assert runtime_device("auto", env={}) == torch.device("cuda")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

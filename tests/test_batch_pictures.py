@@ -18,7 +18,7 @@ def _stack(shape, seed=0):
 
 @pytest.mark.parametrize("shape", [(6, 3, 17, 23), (6, 1, 16, 16), (6, 16, 12)])
 @pytest.mark.parametrize("percentile", [None, 99.0, 50])
-@pytest.mark.parametrize("cmap", ["inferno", "gray", "tab10"])  # tab10: N = 10
+@pytest.mark.parametrize("cmap", ["inferno", "gray", "tab10", "auto"])  # tab10: N = 10
 def test_heatmaps_equal_viz(shape, percentile, cmap):
     maps = _stack(shape)
     got = heatmaps(maps, cmap, percentile)
@@ -37,6 +37,25 @@ def test_overlays_equal_viz(shape):
     for k, m in enumerate(maps):
         np.testing.assert_array_equal(got[k], viz.overlay(x[k], m, 0.3, "inferno", 99.0,
                                                           transform))
+
+
+def test_auto_colormap_by_sign():
+    """'auto': a signed 2-D map in the diverging colormap with zero at its centre and
+    +-max|m| at its ends; non-negative maps and reduced 3-channel maps sequential."""
+    m = np.array([[-2.0, 0.0], [1.0, 2.0]], np.float32)
+    lut = viz._get_cmap(viz.DIVERGING)
+    want = np.rint(lut(np.array([0.0, 0.5, 0.75, 1.0]))[:, :3] * 255).astype(np.uint8)
+    got = heatmaps(m[None], "auto")[0].reshape(4, 3)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(viz.heatmap(m, "auto"), heatmaps(m[None], "auto")[0])
+    np.testing.assert_array_equal(viz.heatmap(np.abs(m), "auto"),
+                                  viz.heatmap(np.abs(m), viz.SEQUENTIAL))
+    signed3 = np.stack([m, -m, m])  # reduced to sum |m| >= 0: sequential
+    np.testing.assert_array_equal(viz.heatmap(signed3, "auto"),
+                                  viz.heatmap(signed3, viz.SEQUENTIAL))
+    # limits given by the caller win over the automatic ones
+    np.testing.assert_array_equal(viz.heatmap(m, "auto", vmin=-4, vmax=4),
+                                  viz.heatmap(m, viz.DIVERGING, vmin=-4, vmax=4))
 
 
 def test_non_finite_maps_refused():

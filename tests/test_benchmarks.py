@@ -34,3 +34,20 @@ def test_memory_budget_check_passes(tmp_path):
     table = run(["bench_memory.py", "--images", "1", "--rows", "50", "--budgets", "64MiB"],
                 tmp_path)
     assert " yes " in table.splitlines()[-1]
+
+
+def test_smoothgrad_profile_prints_both_tables(tmp_path):
+    out = run(["profile_smoothgrad.py", "--net", "shapenet", "--samples", "4", "--rows", "3"],
+              tmp_path)
+    heads = [line for line in out.splitlines() if line.startswith("== ")]
+    assert [h.split(":")[0] for h in heads] == ["== dnnbrain", "== bare forward+backward"]
+    assert out.count("Self CPU time total") == 2
+
+
+def test_topstim_memory_benchmark_runs(tmp_path):
+    out = tmp_path / "topk.json"
+    run(["bench_topstim.py", "--n", "64", "256", "--batch", "32", "--k", "3", "--json",
+         str(out)], tmp_path)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["n"] for r in rows] == [64, 256]
+    assert all(r["units"] == 64 and r["k"] == 3 and r["seconds"] > 0 for r in rows)

@@ -243,6 +243,26 @@ def test_one_channel_model_refuses_rgb_input_in_one_line():
     assert hook_dicts_empty(dnn.model) and dnn.model.training  # mode as it was
 
 
+def test_one_channel_model_probes_name_its_transform():
+    """Activations and feature visualisation give the same one-line error as the
+    saliency methods, naming what the 1-channel test_transform gives."""
+    from dnnbrain.probe import activations, visualise
+    dnn = DNN(Gray(), test_transform=ImageTransform(8, channels=1))
+    x = torch.zeros(2, 3, 8, 8)  # 3-channel network input, preprocessed
+    with pytest.raises(ValueError, match=r"^`image` of shape \(3, 8, 8\) gives the network "
+                                         r"Gray 3-channel input .*gives \(1, 8, 8\)"):
+        activations(dnn, x, ["fc"], preprocessed=True)
+    ok = activations(dnn, torch.zeros(2, 1, 8, 8), ["fc"], preprocessed=True)
+    assert ok["fc"].shape[0] == 2
+    vis = visualise(dnn, "fc", 1, steps=2, seed=0)  # synthesised in colour, seen in gray
+    im = vis.images[0]
+    assert im.shape == (8, 8, 3) and np.array_equal(im[..., 0], im[..., 2])
+    gray = dnn.test_transform.normalize(torch.from_numpy(im[..., :1]).permute(2, 0, 1)[None])
+    with torch.no_grad():
+        assert float(dnn.model(gray)[0, 0]) == pytest.approx(float(vis.activation[0]), 1e-5)
+    assert hook_dicts_empty(dnn.model)
+
+
 def test_smoothgrad_has_one_default(shapenet, x12):
     d1 = inspect.signature(SmoothGrad.__init__).parameters["sigma_multiplier"].default
     d2 = inspect.signature(VanillaSaliencyImage.backprop_smooth).parameters[

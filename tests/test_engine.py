@@ -265,7 +265,7 @@ def test_smoothgrad_seeded_and_exact_limits(conv_dnn):
         sal.backprop_smooth(x, 0, preprocessed=True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_runs_on_cuda(conv_dnn):
     dnn = DNN(copy.deepcopy(conv_dnn.model).cuda(), layers={"fc": "fc"},
               test_transform=ImageTransform(6))

@@ -169,8 +169,6 @@ def test_existing_results_need_force(tmp_path):
     assert rc == 0 and out == table + (
         f"dnn_saliency_eval: localisation of 8 maps (2 methods) -> {run / 'eval'}/ "
         "(metrics.json, table.csv, table.md, 1 plot)\n")
-    rc, out, err = _call([run, "-metrics", "localisation", "-force", "-q"])
-    assert rc == 0 and out == "" and err == ""
 
 
 def test_unknown_stimulus_in_manifest(tmp_path):

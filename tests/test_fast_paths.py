@@ -239,7 +239,7 @@ def test_ig_peak_memory_stays_within_the_budget(shapenet, budget):
     assert np.abs(out[0] - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_fast_paths_on_cuda():
     cpu_dnn, gpu_dnn = stem_net("conv1_bn"), stem_net("conv1_bn").to("cuda")
     x = inputs(3)

@@ -242,7 +242,7 @@ def test_size_differs_from_network_and_save(shapenet, tmp_path):
     assert np.array_equal(np.asarray(Image.open(paths[1])), vis.uint8()[1])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.cuda
 def test_other_device_runs_a_copy(shapenet):
     vis = visualise(shapenet, "fc2", 2, steps=16, device="cuda")
     assert shapenet.device.type == "cpu" and vis.activation[0] > 0

@@ -211,3 +211,31 @@ def test_empirical_inside_theoretical_fast(shapenet):
 ])
 def test_empirical_inside_theoretical_zoo(name, layer, size, equal):
     _check_empirical(build_network(name, pretrained=False), layer, size, equal=equal)
+
+
+def _doc_table(name):
+    """``layer -> (size, jump, offset, map)`` of the list-table ``name`` in probing.rst."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "docs" / "probing.rst").read_text()
+    block = text.split(f".. list-table:: {name} ")[1].split("\n\n")[1]
+    rows = []
+    for line in block.splitlines():
+        if line.startswith("   * - "):
+            rows.append([])
+        rows[-1].append(line.split("- ", 1)[1].strip())
+    assert rows[0] == ["layer", "size (px)", "jump / stride (px)", "offset (px)", "map"]
+    return {r[0]: (int(r[1]), int(r[2]), float(r[3]), int(r[4])) for r in rows[1:]}
+
+
+@pytest.mark.parametrize("name,doc,table", [("AlexNet", "AlexNet", ALEXNET),
+                                            ("Vgg16", "VGG-16", VGG16)])
+def test_docs_tables_are_theoretical_rf(name, doc, table):
+    """docs/probing.rst's receptive-field tables: every layer of the hand-derived tables,
+    with theoretical_rf's values."""
+    rows = _doc_table(doc)
+    assert rows == table
+    net = meta_net(name)
+    for layer, (size, jump, start, grid) in rows.items():
+        rf = theoretical_rf(net, layer)
+        assert (rf.size, rf.jump, rf.start, rf.grid) == (
+            (size, size), (jump, jump), (start, start), (grid, grid)), layer

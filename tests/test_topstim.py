@@ -48,7 +48,7 @@ def test_streaming_equals_full_sort(shapenet, tied_inputs, layer, units, reduce)
     before = tied_inputs.clone()
     k = 7
     got = top_stimuli(shapenet, tied_inputs, layer, units, k=k, reduce=reduce,
-                      bottom=True, batch_size=4, preprocessed=True)
+                      bottom=True, batch_size=4, preprocessed=True, keep_values=True)
     spatial = units is not None and isinstance(units[0], tuple)
     stored = activations(shapenet, tied_inputs, [layer], units=units, batch_size=4,
                          preprocessed=True)[layer]  # (N, U, ...)
@@ -57,6 +57,7 @@ def test_streaming_equals_full_sort(shapenet, tied_inputs, layer, units, reduce)
                     batch_size=4, preprocessed=True)[layer]  # (N, U), the stored values
     # exact ties (duplicate images, ReLU zeros) inside the selections: order matters
     assert any(len(set(col[o])) < k for col, o in zip(v.T, _stable_order(v, False)[:, :k]))
+    np.testing.assert_array_equal(got.values, v.T)  # every value, from the same pass
     for ranking, largest in ((got.top, True), (got.bottom, False)):
         order = _stable_order(v, largest)[:, :k]
         np.testing.assert_array_equal(ranking.index, order)

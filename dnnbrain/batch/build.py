@@ -1,12 +1,12 @@
-"""Building a run's network from its resolved ``model`` section, and the device a process
-computes on: what the runner, the merge and ``dnn_saliency_eval`` share. Nothing here
+"""Building a run's network from its resolved ``model`` section: what the runner, the
+merge and ``dnn_saliency_eval`` share (the device a process computes on is
+:func:`dnnbrain.batch.launch.runtime_device`). Nothing here
 reads or validates a config (:mod:`dnnbrain.batch.config` does), so evaluation builds a
 run's network without the validator.
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import torch
 
@@ -14,18 +14,6 @@ from ..dnn.base import ImageTransform, input_channels
 from ..dnn.fingerprint import seeded
 from ..dnn.models import DNN, build_network
 from .factories import load_factory
-
-
-def runtime_device(device: str, env: Optional[Mapping[str, str]] = None) -> torch.device:
-    """The device a process uses: ``'auto'`` is ``cuda:$LOCAL_RANK`` (``cuda`` without
-    ``LOCAL_RANK``) when CUDA is available, else the CPU; anything else as given."""
-    env = os.environ if env is None else env
-    if device != "auto":
-        return torch.device(device)
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    rank = env.get("LOCAL_RANK")
-    return torch.device(f"cuda:{int(rank) % torch.cuda.device_count()}" if rank else "cuda")
 
 
 def import_factory(spec: str, allow_code: bool = False) -> Any:

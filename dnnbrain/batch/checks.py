@@ -14,7 +14,7 @@ from ..dnn.algo.engine import SaliencyImage
 from ..dnn.algo.registry import get_method, method_names
 from ..dnn.algo.target import LABEL, REDUCE, UNIT_BASES, static_size
 from ..dnn.models import DNN
-from ..viz import CHANNEL_REDUCTIONS
+from ..viz import AUTO, CHANNEL_REDUCTIONS
 from ..io.maps import existing_part
 from .plan import layer_folder, unit_folder, unit_text
 from .schema import (DEFAULTS, OUTPUT_KEYS, SAVE_KINDS, TARGET_KEYS, Problems, is_int, key,
@@ -250,9 +250,11 @@ def input_shape(dnn: DNN) -> Optional[Tuple[int, int, int]]:
 
 
 def _check_at_targets(p: Problems, path: str, name: str, obj: Any, params: Dict[str, Any],
-                      dnn: DNN, targets: List[Dict[str, Any]]) -> bool:
+                      dnn: DNN, targets: List[Dict[str, Any]], section: str = "targets"
+                      ) -> bool:
     """The method's :meth:`~dnnbrain.dnn.algo.engine.SaliencyImage.check_input` at each
-    valid target, as the run calls it (False after a problem)."""
+    valid target, as the run calls it (False after a problem); ``section`` names the
+    targets in messages."""
     shape = input_shape(dnn)
     seen: Set[str] = set()  # a problem of every target (a window too large) is listed once
     for j, t in enumerate(targets):
@@ -268,14 +270,20 @@ def _check_at_targets(p: Problems, path: str, name: str, obj: Any, params: Dict[
             if str(err) not in seen:
                 named = re.match(r"`(\w+)`", str(err))
                 where = key(path, named[1]) if named and named[1] in params else path
-                p.add(where, f"method {name!r} cannot run at targets[{j}] (layer "
+                at = f"targets[{j}]" if section == "targets" else section
+                p.add(where, f"method {name!r} cannot run at {at} (layer "
                              f"{t['layer']!r}): {err}")
             seen.add(str(err))
     return not seen
 
 
-def _method(p: Problems, path: str, m: Any, dnn: Optional[DNN], seed: int,
-            batch_size: int, targets: Optional[List[Any]] = None) -> Optional[Dict[str, Any]]:
+def method_entry(p: Problems, path: str, m: Any, dnn: Optional[DNN], seed: int,
+                 batch_size: int, targets: Optional[List[Any]] = None,
+                 section: str = "targets") -> Optional[Dict[str, Any]]:
+    """One checked method entry at key path ``path`` (a name or ``{name, label,
+    <param>: ...}``): ``{name, label, <params>}`` with ``seed`` filled in for a method
+    that takes one, checked at each of ``targets`` (named ``section`` in messages); None
+    after recording a problem."""
     n0 = len(p)
     if isinstance(m, str):
         m = {"name": m}
@@ -315,7 +323,7 @@ def _method(p: Problems, path: str, m: Any, dnn: Optional[DNN], seed: int,
             where = key(path, named[1]) if named and named[1] in params else path
             p.add(where, f"method {name!r} rejects its parameters: {err}")
             return None
-        if not _check_at_targets(p, path, name, obj, params, dnn, targets or []):
+        if not _check_at_targets(p, path, name, obj, params, dnn, targets or [], section):
             return None
     return {"name": name, "label": label, **params}
 
@@ -331,7 +339,7 @@ def methods(p: Problems, value: Any, dnn: Optional[DNN], seed: int,
                          f"{{name: ..., <parameter>: ...}} mappings, got {type_name(value)} "
                          f"{value!r}")
         return None
-    out = [_method(p, key("methods", i), m, dnn, seed, batch_size, targets)
+    out = [method_entry(p, key("methods", i), m, dnn, seed, batch_size, targets)
            for i, m in enumerate(value)]
     labels: Dict[str, int] = {}
     for i, m in enumerate(out):
@@ -371,9 +379,9 @@ def outputs(p: Problems, value: Any, base: Path, out: Any = None,
                              f"'{res['dir']}', but '{there}' is a file")
     res["save"] = str_list(p, "outputs.save", d.get("save", dflt["save"]), list(SAVE_KINDS))
     cmap = d.get("colormap", dflt["colormap"])
-    if not isinstance(cmap, str) or cmap not in matplotlib.colormaps:
-        p.add("outputs.colormap", "must be a matplotlib colormap name such as ['inferno', "
-                                  f"'viridis', 'hot', 'gray', 'jet'], got {cmap!r}")
+    if not isinstance(cmap, str) or (cmap != AUTO and cmap not in matplotlib.colormaps):
+        p.add("outputs.colormap", "must be 'auto' or a matplotlib colormap name such as "
+                                  f"['inferno', 'viridis', 'hot', 'gray', 'jet'], got {cmap!r}")
     res["colormap"] = cmap
     pct = d.get("percentile", dflt["percentile"])
     res["percentile"] = None if pct is None else number(p, "outputs.percentile", pct, 0, 100,

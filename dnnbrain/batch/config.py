@@ -28,6 +28,7 @@ from ..io.stim import IMAGE_EXTENSIONS, Stimulus
 from . import checks, network
 from .build import build_model
 from .factories import check_factory, check_kwargs
+from .probe import check_probe
 from .plan import map_stem
 from .safeyaml import check_acyclic, read_yaml
 from .schema import (DEFAULTS, MODEL_FACTORY_KEYS, MODEL_NAMED_KEYS, TOP_KEYS, Problems,
@@ -126,14 +127,17 @@ def prepare(source: Union[PathLike, Mapping[str, Any]], out: Optional[PathLike] 
     cfg["outputs"] = checks.outputs(p, top.get("outputs", {}), base, out,
                                     None if title is None else f"out/{title}")
     cfg["evaluate"] = _evaluate(p, top.get("evaluate"))
+    taken = [m["label"] for m in cfg.get("methods") or [] if m] + [
+        "stimuli", ".progress", (cfg["evaluate"] or {}).get("out_dir") or "eval"]
+    cfg["probe"] = check_probe(p, top.get("probe"), dnn, None if stim is None else len(stim),
+                               cfg["seed"] or 0, cfg["batch_size"] or 1, taken)
     cfg["network"] = None if dnn is None else network.record(cfg["model"], dnn)
     network.check_pin(p, top.get("network"), cfg["network"])
     rank = {k: i for i, k in enumerate(TOP_KEYS)}  # report in the order of the file's keys
     p.items.sort(key=lambda it: rank.get(re.split(r"[.\[]", it[0])[0], -1))
     p.raise_if_any(name)
-    order = ("title", "model", "stimuli", "targets", "methods", "outputs", "batch_size", "seed",
-             "evaluate", "network")
-    return Prepared({k: cfg[k] for k in order}, dnn, stim, name)
+    return Prepared({k: cfg[k] for k in TOP_KEYS if k != "probe" or cfg["probe"] is not None},
+                    dnn, stim, name)
 
 
 def _evaluate(p: Problems, value: Any) -> Optional[Dict[str, Any]]:

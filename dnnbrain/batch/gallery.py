@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
+import numpy as np
+
+from .. import viz
 from ..dnn.classes import class_names, class_of, stimulus_classes
 from ..io.maps import atomic_write, save_png
 from ..io.stim import Stimulus
 from ..viz import network_view
+from .pictures import colour_table
 from .plan import map_stem, unit_text
 
 INDEX_NAME = "index.html"
@@ -26,6 +30,8 @@ INDEX_NAME = "index.html"
 WEB_FORMATS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 #: Marks around the evaluation links, so a later evaluation can fill them in.
 EVAL_START, EVAL_END = "<!--evaluation-->", "<!--/evaluation-->"
+#: Marks around the link to the unit reports of the ``probe:`` section.
+PROBE_START, PROBE_END = "<!--probe-->", "<!--/probe-->"
 _STYLE = """
 body{font-family:sans-serif;margin:1em 1.5em;color:#222}
 table{border-collapse:collapse;margin-bottom:1.5em;width:100%;table-layout:fixed}
@@ -34,6 +40,7 @@ td img{width:100%;max-width:320px;height:auto;image-rendering:pixelated;display:
 margin:auto}
 .meta{color:#555;font-size:13px}
 .eval img{height:220px;margin:4px}
+.key img{width:128px;height:12px;vertical-align:middle;border:1px solid #999}
 """
 
 
@@ -58,6 +65,36 @@ def stimulus_pictures(out: Path, stim: Stimulus, transform: Any = None) -> Dict[
                 save_png(out / rel, network_view(path, transform))
         rels[sid] = rel
     return rels
+
+
+def write_network_views(out: Path, ids: Sequence[str], x: Any, transform: Any) -> int:
+    """Write the ``stimuli/`` pictures that :func:`stimulus_pictures` gives (with
+    ``transform``) from a batch's network input, so that the gallery need not read and
+    transform the stimuli again; pictures already present are kept.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        The output folder.
+    ids : sequence of str
+        The stimulus ids of the rows of ``x``.
+    x : torch.Tensor
+        ``(B, C, H, W)`` network input (``transform.batch`` of the stimuli), on the CPU.
+    transform : ImageTransform
+        ``dnn.test_transform``.
+
+    Returns
+    -------
+    int
+        Pictures written.
+    """
+    written = 0
+    for sid, xi in zip(ids, x):
+        path = out / f"stimuli/{map_stem(sid)}.png"
+        if not path.is_file():
+            save_png(path, network_view(xi, transform))
+            written += 1
+    return written
 
 
 def _unit_name(dnn: Any, layer: str, unit: str, names: Optional[Dict[int, str]]) -> str:
@@ -102,18 +139,64 @@ def evaluation_links(out: Path, eval_dir: Optional[Path] = None) -> str:
             f"<p>{pics}</p></section>{EVAL_END}")
 
 
-def link_evaluation(out: Path, eval_dir: Optional[Path] = None) -> Optional[Path]:
-    """Fill the evaluation block of ``out/index.html`` (after ``dnn_saliency_eval``);
-    None when the run has no index."""
+def probe_links(out: Path, config: Mapping[str, Any]) -> str:
+    """The index's block linking the unit reports (``probe.dir``/index.html) once they
+    exist, else an empty block."""
+    section = config.get("probe")
+    rel = None if section is None else f"{section['dir']}/{INDEX_NAME}"
+    if rel is None or not (Path(out) / rel).is_file():
+        return f"{PROBE_START}{PROBE_END}"
+    units = ", ".join(str(u) for u in section["units"])
+    return (f'{PROBE_START}<section id="probe"><h2>Unit reports</h2><p><a href="{_href(rel)}">'
+            f"{html.escape(section['layer'])} units {html.escape(units)}</a>: response "
+            f"distributions, top and bottom {section['k']} stimuli with saliency and "
+            f"receptive fields, feature visualisations</p></section>{PROBE_END}")
+
+
+def colour_legend(out: Path, outputs: Mapping[str, Any]) -> str:
+    """The index's colour key: a colorbar strip per colormap the pictures use
+    (``outputs.colormap``; ``'auto'``: the sequential and the diverging one), written to
+    ``out/colorbar_<cmap>.png``, with what its ends mean."""
+    cmap, pct = outputs["colormap"], outputs.get("percentile")
+    top = "max" if pct is None else f"{pct:g}th percentile"
+    keys = ([(viz.SEQUENTIAL, f"map min → its {top} (|map| for colour maps, CAMs as they are)"),
+             (viz.DIVERGING, f"−a → 0 → +a for 2-D maps with negative values, a = their max "
+                             f"|value|{'' if pct is None else f' ({top})'}")]
+            if cmap == viz.AUTO else [(cmap, f"map min → its {top}")])
+    items = []
+    for name, text in keys:
+        rel = f"colorbar_{name}.png"
+        strip = np.repeat(colour_table(name)[None], 12, axis=0)
+        save_png(out / rel, strip)
+        items.append(f'<span class="key"><img src="{_href(rel)}" alt="{html.escape(name)}">'
+                     f" {html.escape(name)}: {html.escape(text)}</span>")
+    return f'<p class="meta">Colours, each picture on its own scale: {" · ".join(items)}</p>'
+
+
+def _fill(out: Path, start: str, end: str, block: str) -> Optional[Path]:
+    """Replace the block between ``start`` and ``end`` of ``out/index.html``; None when
+    the run has no index (or the index no such block)."""
     index = Path(out) / INDEX_NAME
     if not index.is_file():
         return None
     text = index.read_text(encoding="utf-8")
-    a, b = text.find(EVAL_START), text.find(EVAL_END)
+    a, b = text.find(start), text.find(end)
     if a < 0 or b < 0:
         return None
-    text = text[:a] + evaluation_links(Path(out), eval_dir) + text[b + len(EVAL_END):]
+    text = text[:a] + block + text[b + len(end):]
     return atomic_write(index, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def link_evaluation(out: Path, eval_dir: Optional[Path] = None) -> Optional[Path]:
+    """Fill the evaluation block of ``out/index.html`` (after ``dnn_saliency_eval``);
+    None when the run has no index."""
+    return _fill(out, EVAL_START, EVAL_END, evaluation_links(Path(out), eval_dir))
+
+
+def link_probe(out: Path, config: Mapping[str, Any]) -> Optional[Path]:
+    """Fill the unit-report block of ``out/index.html`` (after the ``probe:`` section
+    ran); None when the run has no index."""
+    return _fill(out, PROBE_START, PROBE_END, probe_links(Path(out), config))
 
 
 def write_index(out: Path, config: Mapping[str, Any], rows: Sequence[Mapping[str, str]],
@@ -164,7 +247,8 @@ def write_index(out: Path, config: Mapping[str, Any], rows: Sequence[Mapping[str
         "maps, each picture scaled to its own range. "
         f'<a href="manifest.csv">manifest.csv</a> · '
         f'<a href="config.resolved.yaml">config.resolved.yaml</a></p>',
-        evaluation_links(out),
+        colour_legend(out, config["outputs"]) if {"png", "overlay"} & set(save) else "",
+        evaluation_links(out), probe_links(out, config),
         "<ul>" + "".join(f'<li><a href="#target{t}">targets[{t}]: {html.escape(tg["layer"])}'
                          f"</a></li>" for t, tg in enumerate(config["targets"])) + "</ul>"]
     for t, target in enumerate(config["targets"]):

@@ -116,26 +116,17 @@ def merge_lock(out: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def folder_lock(out: Path, wait: bool = True) -> Iterator[bool]:
+def folder_lock(out: Path) -> Iterator[None]:
     """An exclusive ``flock`` on the folder ``out`` itself (no lock file; released when
-    the process dies), for the short critical sections of merging or finalising.
-
-    Yields
-    ------
-    bool
-        True once held; False when another process holds it and ``wait`` is False.
-        Where ``fcntl`` is missing (Windows) it yields True without locking.
-    """
+    the process dies), for the short critical sections of merging or finalising; it
+    waits for another process holding it. Where ``fcntl`` is missing (Windows) it does
+    not lock."""
     if fcntl is None:
-        yield True
+        yield
         return
     fd = os.open(out, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)  # releases the lock

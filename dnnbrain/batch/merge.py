@@ -1,6 +1,11 @@
 """Merging the manifest parts of a sharded run into ``manifest.csv`` (and ``index.html``).
 
-The last shard to finish merges by itself; ``dnn_saliency_batch RUN.yaml -merge`` (or
+The last shard to finish merges by itself. Merges hold an exclusive lock on the folder
+(:func:`~dnnbrain.batch.lock.folder_lock`), and so does a shard while it removes its old
+part and ``manifest.csv`` at its start: each shard writes its part and then waits for the
+lock, so when shards finish together the one that gets it second sees every part (and
+merges) or finds ``manifest.csv`` already merged by the other (and leaves it); a merge
+never misses a part nor runs twice. ``dnn_saliency_batch RUN.yaml -merge`` (or
 :func:`merge`) does it by hand. Merging needs every part ``manifest.part<k>of<n>.csv`` and
 every work item complete; its rows come out in the order a single process writes them.
 """
@@ -13,7 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .config import Prepared, prepare
 from .gallery import INDEX_NAME, write_index
-from .lock import folder_lock as _merge_lock, merge_lock
+from .lock import folder_lock, merge_lock
 from .plan import WorkItem, make_plan, unit_text
 from .store import (MANIFEST_NAME, check_output_dir, clean_temps, find_parts, read_manifest,
                     read_marker, write_manifest)
@@ -35,19 +40,20 @@ def merge_parts(prep: Prepared, plan: Sequence[WorkItem], n: int,
     n : int
         Number of shards.
     strict : bool
-        Raise when the parts cannot be merged (else log and return None); also wait for
-        another process that is merging instead of leaving the work to it.
+        Raise when the parts cannot be merged (else log and return None), and merge even
+        when ``manifest.csv`` exists (``-merge``); a shard that finishes merges with
+        ``strict=False``.
 
     Returns
     -------
     pathlib.Path or None
-        ``manifest.csv``, or None when a part is missing, a work item is not complete or
-        another process is merging (non-strict).
+        ``manifest.csv``, or None (non-strict) when a part is missing, a work item is not
+        complete, or another shard merged already.
     """
     out = Path(prep.config["outputs"]["dir"])
-    with _merge_lock(out, wait=strict) as locked:
-        if not locked:
-            log.info("another process is merging the manifest parts")
+    with folder_lock(out):  # waits for a merge in progress: never leaves the work undone
+        if not strict and (out / MANIFEST_NAME).is_file():
+            log.info("another shard merged the manifest parts already")
             return None
         return _merge_locked(prep, plan, n, strict)
 

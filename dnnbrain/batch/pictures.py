@@ -54,7 +54,8 @@ def heatmaps(maps: np.ndarray, cmap: str = "inferno",
     maps : numpy.ndarray
         ``(K, H, W)`` or ``(K, C, H, W)`` (``C`` 1 or 3, channels first) real maps.
     cmap : str
-        A matplotlib colormap name.
+        A matplotlib colormap name, or ``'auto'`` (by each map's sign, as in
+        :func:`dnnbrain.viz.heatmap`).
     percentile : float or None
         As in :func:`dnnbrain.viz.heatmap`.
     reduce : {'sumabs', 'maxabs'}
@@ -67,11 +68,29 @@ def heatmaps(maps: np.ndarray, cmap: str = "inferno",
         ``viz.heatmap(maps[k], cmap, percentile, reduce=reduce)``.
     """
     m, pct = _maps_2d(maps, percentile, reduce)
-    lo = m.min(axis=(1, 2), keepdims=True)
-    hi = (m.max(axis=(1, 2), keepdims=True) if pct is None else
-          np.percentile(m, pct, axis=(1, 2), keepdims=True))
-    lut = colour_table(cmap)
-    # matplotlib's float lookup: index floor(x * N), the top end x == 1 in the last entry
+    if cmap != viz.AUTO:
+        return _lookup(m, pct, colour_table(cmap))
+    signed = m.min(axis=(1, 2)) < 0
+    out = np.empty(m.shape + (3,), np.uint8)
+    if (~signed).any():
+        out[~signed] = _lookup(m[~signed], pct, colour_table(viz.SEQUENTIAL))
+    if signed.any():
+        a = np.abs(m[signed])
+        hi = (a.max(axis=(1, 2), keepdims=True) if pct is None else
+              np.percentile(a, pct, axis=(1, 2), keepdims=True))
+        out[signed] = _lookup(m[signed], pct, colour_table(viz.DIVERGING), -hi, hi)
+    return out
+
+
+def _lookup(m: np.ndarray, pct: Optional[float], lut: np.ndarray,
+            lo: Optional[np.ndarray] = None, hi: Optional[np.ndarray] = None) -> np.ndarray:
+    """Colour ``(K, H, W)`` maps with ``lut`` between per-map limits ``lo``, ``hi``
+    (``(K, 1, 1)``; default: min, and max or the ``pct`` percentile), by matplotlib's
+    float lookup: index ``floor(x * N)``, the top end ``x == 1`` in the last entry."""
+    if lo is None:
+        lo = m.min(axis=(1, 2), keepdims=True)
+        hi = (m.max(axis=(1, 2), keepdims=True) if pct is None else
+              np.percentile(m, pct, axis=(1, 2), keepdims=True))
     index = _rescale(m, lo, hi) * len(lut)
     return lut[np.minimum(index, len(lut) - 1).astype(np.intp)]
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from .launch import Shard
 from .schema import SAVE_KINDS
-
-Shard = Tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -114,38 +112,6 @@ def make_plan(config: Mapping[str, Any], n_stim: int) -> List[WorkItem]:
                 key = f"{method['label']}__t{t}__s{start:06d}-{stop:06d}"
                 items.append(WorkItem(len(items), start, stop, t, m, key, digest))
     return items
-
-
-def parse_shard(shard: Union[str, Shard, None],
-                env: Optional[Mapping[str, str]] = None) -> Optional[Shard]:
-    """``'k/n'``, ``(k, n)`` or None -> ``(k, n)`` with ``0 <= k < n``, or None for one
-    process. Without ``shard`` the torchrun variables ``RANK`` / ``WORLD_SIZE`` are used.
-
-    Raises
-    ------
-    ValueError
-        On a malformed shard or an out-of-range ``k``.
-    """
-    env = os.environ if env is None else env
-    where = "`shard`"
-    if shard is None:
-        if "WORLD_SIZE" not in env and "RANK" not in env:
-            return None
-        shard, where = (env.get("RANK", "0"), env.get("WORLD_SIZE", "1")), "RANK/WORLD_SIZE"
-    given = shard
-    if isinstance(shard, str):
-        k_text, sep, n_text = shard.partition("/")
-        shard = (k_text, n_text) if sep else (shard, "")
-    elif isinstance(given, tuple) and where != "`shard`":
-        given = "/".join(given)
-    try:
-        k, n = (int(str(v).strip()) for v in shard)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} must be 'k/n' with integers 0 <= k < n (e.g. '0/2'), "
-                         f"got {given!r}") from None
-    if n < 1 or not 0 <= k < n:
-        raise ValueError(f"{where} must be 'k/n' with 0 <= k < n, got {k}/{n}")
-    return None if n == 1 else (k, n)
 
 
 def shard_items(items: Sequence[WorkItem], shard: Optional[Shard]) -> List[WorkItem]:

@@ -24,15 +24,16 @@ from ..dnn.algo.calls import call_index
 from ..dnn.algo.engine import eval_mode
 from ..dnn.algo.registry import make_method
 from ..dnn.algo.target import LABEL, predicted_units, select
+from ..dnn.classes import ClassNames, class_names, class_of
 from ..dnn.tokens import layout_of
-from .build import runtime_device
 from .config import Prepared, prepare
-from .gallery import link_evaluation, write_index
+from .gallery import link_evaluation, link_probe, write_index
+from .launch import parse_shard, runtime_device
 from .merge import merge_parts
-from .plan import (Shard, WorkItem, make_plan, map_files, map_stem, parse_shard, shard_items,
-                   unit_text)
+from .probe import run_probe
+from .plan import Shard, WorkItem, make_plan, map_files, map_stem, shard_items, unit_text
 from . import network
-from .lock import run_lock
+from .lock import folder_lock, run_lock
 from .store import (CONFIG_NAME, MANIFEST_NAME, check_output_dir, clean_temps, marker_path,
                     part_name, read_marker, write_config, write_manifest)
 from .writer import MapWriter
@@ -182,8 +183,9 @@ def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
 
 
 def _rows(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str],
-          batch: _Batch) -> List[Dict[str, str]]:
-    """Manifest rows of an item: stimulus-major, then unit."""
+          batch: _Batch, dnn: Any, names: Optional[ClassNames]) -> List[Dict[str, str]]:
+    """Manifest rows of an item: stimulus-major, then unit; ``class`` names the unit's
+    class (``names``) on the output layer, else it is empty."""
     target, method = config["targets"][item.target], config["methods"][item.method]
     acts, actual = batch.stats[item.target]
     rows = []
@@ -192,6 +194,8 @@ def _rows(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str],
         for j, u in enumerate(target["units"]):
             row = {"stimulus": sid, "target": str(item.target), "layer": target["layer"],
                    "unit": actual[j][i], "requested_unit": unit_text(u),
+                   "class": class_of(dnn, target["layer"], int(actual[j][i]), names)
+                   if actual[j][i].isdigit() else "",
                    "reduce": target["reduce"], "method": method["label"],
                    "activation": f"{float(acts[i, j]):.9g}",
                    "predicted_class": str(batch.predicted[i]),
@@ -228,6 +232,7 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
     devices = [device.index or 0] if device.type == "cuda" else []
     firsts = [it for k, it in enumerate(todo) if k == 0 or todo[k - 1].start != it.start]
     following = {a.start: b for a, b in zip(firsts, firsts[1:])}
+    names = class_names(dnn, prep.stim)
     reader = ThreadPoolExecutor(1, "dnnbrain-reader")  # reads the next batch meanwhile
     pending = {it.start: reader.submit(_read_batch, dnn, prep, it) for it in firsts[:1]}
     try:
@@ -239,6 +244,7 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
                     if nxt is not None and nxt.start not in pending:
                         pending[nxt.start] = reader.submit(_read_batch, dnn, prep, nxt)
                     batch = _load_batch(dnn, prep, it, x_cpu, device)
+                    writer.submit_views(prep.stim.ids[it.start:it.stop], x_cpu)
                 if (it.target, it.method) not in objs:
                     t, m = cfg["targets"][it.target], dict(cfg["methods"][it.method])
                     name = m.pop("name")
@@ -254,7 +260,8 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
                       else contextlib.nullcontext()):
                     maps = obj.backprop(batch.x, preprocessed=True)
                 compute += time.perf_counter() - tic
-                writer.submit(it, _rows(cfg, it, prep.stim.ids, batch), maps, batch.x_cpu)
+                writer.submit(it, _rows(cfg, it, prep.stim.ids, batch, dnn, names), maps,
+                              batch.x_cpu)
                 bar.update(maps.shape[0] * maps.shape[1])
         writer.close()
     except BaseException:
@@ -303,8 +310,9 @@ def run(config: ConfigLike, force: bool = False, dry_run: bool = False,
     dry_run : bool
         List the work (:attr:`RunResult.todo`) without computing or writing anything.
     shard : 'k/n', (k, n) or None
-        Compute only shard ``k`` (from 0) of ``n``; None reads ``RANK`` / ``WORLD_SIZE``
-        (as torchrun sets them), else one process does everything.
+        Compute only shard ``k`` (from 0) of ``n``; None reads torchrun's or SLURM's
+        variables (:func:`dnnbrain.batch.launch.parse_shard`), else one process does
+        everything.
     out : str, os.PathLike or None
         Overrides ``outputs.dir``.
     progress : bool or None
@@ -369,7 +377,9 @@ def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
     write_config(outdir, cfg)
     prep.dnn = network.use_run_network(prep.dnn, outdir, cfg["network"], replace=new_net)
     if sh is not None:
-        (outdir / part_name(*sh)).unlink(missing_ok=True)
+        with folder_lock(outdir):  # not while a merge reads the parts (see .merge)
+            for name in (part_name(*sh), MANIFEST_NAME):
+                (outdir / name).unlink(missing_ok=True)
         clean_temps(outdir, {f for it in mine for f in _item_paths(cfg, it, prep.stim.ids)})
     else:
         clean_temps(outdir)
@@ -394,6 +404,9 @@ def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
         result.evaluate_s = time.perf_counter() - ev
         where = cfg["evaluate"].get("out_dir")
         link_evaluation(outdir, None if where is None else outdir / where)
+    if cfg.get("probe") is not None and result.manifest.name == MANIFEST_NAME:
+        run_probe(outdir, cfg, prep.dnn, prep.stim, progress)  # single or merging process
+        link_probe(outdir, cfg)
     result.wall_s = time.perf_counter() - tic
     log.info("%s%s: computed %d of %d work items (%d already complete): %d maps; "
              "%.1f maps/s for the maps alone (%.2f s in the methods), %.1f maps/s for the "

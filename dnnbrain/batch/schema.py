@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 #: Top-level keys of a run config, in documentation order.
 TOP_KEYS = ("title", "model", "stimuli", "targets", "methods", "outputs", "batch_size", "seed",
-            "evaluate", "network")
+            "evaluate", "probe", "network")
 #: Keys of ``model`` for a named network and for a user's factory.
 MODEL_NAMED_KEYS = ("name", "weights", "pretrained", "device")
 MODEL_FACTORY_KEYS = ("factory", "kwargs", "layers", "img_size", "mean", "std", "device")
@@ -26,7 +26,7 @@ DEFAULTS: Dict[str, Any] = {
     "batch_size": 32, "seed": 0,
     "model": {"weights": None, "pretrained": True, "device": "auto", "kwargs": {},
               "layers": None, "img_size": None, "mean": None, "std": None},
-    "outputs": {"dir": "out", "save": ["npy", "png"], "colormap": "inferno",
+    "outputs": {"dir": "out", "save": ["npy", "png"], "colormap": "auto",
                 "percentile": 99.0, "alpha": 0.5},
     "reduce": "mean",
 }

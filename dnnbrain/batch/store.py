@@ -30,8 +30,8 @@ PROGRESS_DIR = ".progress"
 #: The run lock (:mod:`dnnbrain.batch.lock`); kept in the folder, empty.
 LOCK_NAME = ".lock"
 #: Manifest columns before the file columns (one per ``outputs.save`` kind).
-COLUMNS = ("stimulus", "target", "layer", "unit", "requested_unit", "reduce", "method",
-           "activation", "predicted_class", "network")
+COLUMNS = ("stimulus", "target", "layer", "unit", "requested_unit", "class", "reduce",
+           "method", "activation", "predicted_class", "network")
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.tmp")
 _PART_RE = re.compile(r"^manifest\.part(?P<k>\d+)of(?P<n>\d+)\.csv$")
 

@@ -1,5 +1,6 @@
 """Writing a work item's files (npy, png, overlay, nifti) and then its completion marker,
-in background threads so that the next item computes meanwhile."""
+and the gallery's stimulus pictures of each batch, in background threads so that the next
+item computes meanwhile."""
 from __future__ import annotations
 
 import logging
@@ -16,6 +17,7 @@ import torch
 from .. import viz
 from ..io.encode import npy_bytes, png_bytes
 from ..io.maps import save_bytes, save_nifti, save_png
+from .gallery import write_network_views
 from .pictures import heatmaps, overlays, stimulus_pixels
 from .plan import WorkItem
 from .store import write_marker
@@ -140,10 +142,25 @@ class MapWriter:
         if self._error is not None:
             raise self._error
 
+    def _timed(self, fn: Any, *args: Any) -> None:
+        """``fn(*args)``, its seconds added to :attr:`seconds`."""
+        tic = time.perf_counter()
+        fn(*args)
+        with self._lock:
+            self.seconds += time.perf_counter() - tic
+
+    def _queue(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` in a writer thread (in this one without threads), timed;
+        blocks while ``max_pending`` jobs are in flight."""
+        if self._pool is None:
+            self._timed(fn, *args)
+            return
+        self._slots.acquire()
+        self._pool.submit(self._timed, fn, *args).add_done_callback(self._done)
+
     def _chunk(self, item: WorkItem, rows: Sequence[Mapping[str, str]], maps: np.ndarray,
                images: torch.Tensor, which: range, state: dict) -> None:
         """Write some of an item's maps; the last chunk to finish writes the marker."""
-        tic = time.perf_counter()
         try:
             write_maps(self.out, self.outputs, self.transform, rows, maps, images, which)
         except BaseException:
@@ -155,8 +172,12 @@ class MapWriter:
             last = state["left"] == 0 and not state["failed"]
         if last:
             write_marker(self.out, item, rows)
-        with self._lock:
-            self.seconds += time.perf_counter() - tic
+
+    def submit_views(self, ids: Sequence[str], images: torch.Tensor) -> None:
+        """Queue the gallery's pictures of a stimulus batch
+        (:func:`~dnnbrain.batch.gallery.write_network_views`)."""
+        self.check()
+        self._queue(write_network_views, self.out, ids, images, self.transform)
 
     def submit(self, item: WorkItem, rows: Sequence[Mapping[str, str]], maps: np.ndarray,
                images: torch.Tensor) -> None:
@@ -164,18 +185,15 @@ class MapWriter:
         ``max_pending`` chunks are in flight)."""
         self.check()
         if self._pool is None:
-            tic = time.perf_counter()
-            write_item(self.out, self.outputs, self.transform, item, rows, maps, images)
-            self.seconds += time.perf_counter() - tic
+            self._timed(write_item, self.out, self.outputs, self.transform, item, rows,
+                        maps, images)
             return
         k = max(1, min(self.workers, len(rows)))
         bounds = [len(rows) * c // k for c in range(k + 1)]
         state = {"left": k, "failed": False}
         for c in range(k):
-            self._slots.acquire()
-            fut = self._pool.submit(self._chunk, item, rows, maps, images,
-                                    range(bounds[c], bounds[c + 1]), state)
-            fut.add_done_callback(self._done)
+            self._queue(self._chunk, item, rows, maps, images,
+                        range(bounds[c], bounds[c + 1]), state)
 
     def close(self, cancel: bool = False) -> None:
         """Wait for the queued writes (drop those not started with ``cancel``), then

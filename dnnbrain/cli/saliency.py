@@ -27,7 +27,6 @@ import contextlib
 import csv
 import io
 import logging
-import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -38,12 +37,11 @@ from ..batch.plan import map_stem
 from ..dnn.algo.registry import make_method, method_names
 from ..dnn.algo.target import check_unit_base
 from ..dnn.classes import class_names, class_of, unit_label
-from ..dnn.fingerprint import fingerprint, seeded
-from ..dnn.models import network_names
 from ..io.images import image_size
-from ..io.maps import atomic_write, existing_part, save_npy
-from .common import (add_verbosity, configure_logging, load_network, load_stimuli,
-                     parse_params, run_main, summary)
+from ..io.maps import atomic_write, save_npy
+from .common import (add_batch_size_arg, add_layer_arg, add_network_args, add_output_args,
+                     add_stim_arg, add_verbosity, check_network_args, check_out,
+                     load_stimuli, network_from_args, parse_params, run_command, summary)
 
 log = logging.getLogger(__name__)
 PROG = "dnn_saliency"
@@ -66,18 +64,15 @@ def _unit(text: str):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("-net", required=True, metavar="NET",
-                   help=f"network name, one of {network_names()} (case-insensitive), or "
-                        "timm:<model> for any timm model (pip install timm)")
-    p.add_argument("-layer", required=True, help="target layer name (or dotted module path)")
+    add_network_args(p, timm="timm:<model> for any timm model (pip install timm)")
+    add_layer_arg(p, "target layer name (or dotted module path)")
     p.add_argument("-chn", required=True, nargs="+", type=_unit, metavar="CHN",
                    help="target unit(s), counted from 1 (or -unit-base), 'predicted', or "
                         "'label' (each stimulus's class: its .stim.csv label + 1)")
     p.add_argument("-unit-base", dest="unit_base", type=int, default=1, metavar="B",
                    help="how -chn numbers count: 1 (default) or 0 (class indices from 0, "
                         "as Slideflow/PyHealth); files name the unit from 1")
-    p.add_argument("-stim", required=True, nargs="+", metavar="STIM",
-                   help="a .stim.csv file, a folder of images, or image files")
+    add_stim_arg(p)
     p.add_argument("-meth", default="guided", choices=method_names(), metavar="METH",
                    help=f"saliency method, one of {method_names()} (default: guided)")
     p.add_argument("-param", action="append", metavar="KEY=VALUE",
@@ -92,40 +87,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-vmax", type=float, help="upper colour limit")
     p.add_argument("-reduce", default="mean", choices=["mean", "max"],
                    help="how a conv channel becomes one number (default: mean)")
-    p.add_argument("-weights", help="weights file (default: offline search, see docs)")
-    p.add_argument("-random-weights", dest="random_weights", action="store_true",
-                   help="random weights (seeded by -seed) instead of trained ones")
-    p.add_argument("-seed", type=int, default=None,
-                   help="seed of the random weights of -random-weights (default: 0)")
-    p.add_argument("-device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("-batch-size", dest="batch_size", type=int, default=None,
-                   help="rows per forward/backward pass (default: 32, or as many as fit "
-                        "in -param memory_budget=512MiB)")
+    add_batch_size_arg(p, None, "rows per forward/backward pass (default: 32, or as many "
+                                "as fit in -param memory_budget=512MiB)")
     p.add_argument("-ncol", type=int, default=8,
                    help="stimuli per row of the figure; more wrap into further rows "
                         "(default: 8)")
     p.add_argument("-show", action="store_true", help="also show the figures")
-    p.add_argument("-out", required=True, help="output folder")
-    p.add_argument("-force", action="store_true", help="write into a non-empty -out")
+    add_output_args(p)
     add_verbosity(p)
     return p
-
-
-def _check_out(out: Path, force: bool) -> None:
-    """``-out`` must be a folder (or creatable as one), empty unless ``-force``."""
-    if out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"`-out` '{out}' is a file, not a folder")
-        if any(out.iterdir()) and not force:
-            raise FileExistsError(f"`-out` '{out}' is not empty; pass -force to write into it")
-        return
-    above = existing_part(out)
-    if not above.is_dir():
-        raise ValueError(f"`-out` '{out}' cannot be created: '{above}' is a file, not a "
-                         "folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise ValueError(f"`-out` '{out}' cannot be created: no write permission in "
-                         f"'{above}'")
 
 
 def write_manifest(path: Path, records: List[dict]) -> Path:
@@ -199,19 +169,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"`-batch-size` must be >= 1, got {args.batch_size}")
     viz.check_figure_options("gray" if args.cmap is None else args.cmap, args.vmin, args.vmax, args.mode)
-    _check_out(out, args.force)
+    check_out(out, args.force)
     stim = load_stimuli(args.stim)
     names = map_names(stim.ids)
     for path in stim.paths:
         image_size(path)  # readable, within the pixel limit (header only)
-    if args.random_weights and args.weights:
-        raise ValueError("`-random-weights` and `-weights` exclude each other; pass one")
-    if args.seed is not None and not args.random_weights:
-        raise ValueError(f"`-seed` {args.seed} seeds only -random-weights, which is not "
-                         "given (a method's noise: -param seed=N)")
-    seed = 0 if args.seed is None else args.seed
-    if seed < 0:
-        raise ValueError(f"`-seed` must be an integer >= 0, got {seed}")
+    seed = check_network_args(args, hint=" (a method's noise: -param seed=N)")
     check_unit_base(args.unit_base, "-unit-base")
     params = parse_params(args.param)
     allowed = method_param_names(args.meth, params)
@@ -219,14 +182,7 @@ def _run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"`-param` {unknown[0]!r} is not a parameter of method "
                          f"{args.meth!r}; valid parameters are {allowed}")
-    with seeded(seed):
-        try:
-            dnn = load_network(args.net, args.weights, args.device,
-                               pretrained=not args.random_weights)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(str(err).replace("pass pretrained=False",
-                                                     "pass -random-weights")) from None
-    log.info("network %s: fingerprint %s", args.net, fingerprint(dnn.model))
+    dnn = network_from_args(args, seed)
     labels = None
     if "label" in args.chn:
         if stim.labels is None:
@@ -291,6 +247,4 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_saliency``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    configure_logging(args)
-    return run_main(PROG, lambda: _run(args))
+    return run_command(PROG, _parser(), _run, argv)

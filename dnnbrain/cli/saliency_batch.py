@@ -4,8 +4,9 @@
 [-allow-code] [-q | -v]``.
 The run config names the model, stimuli, targets, methods and outputs (see
 ``docs/batch.rst``); everything is validated before any work. A re-run resumes: maps
-already complete are skipped. Under torchrun (``RANK`` / ``WORLD_SIZE`` set) or with
-``-shard k/n`` each process computes its own slice of the work.
+already complete are skipped. With ``-shard k/n``, under torchrun (``RANK`` /
+``WORLD_SIZE``) or under SLURM's ``srun`` (``SLURM_PROCID`` / ``SLURM_NTASKS``) each process
+computes its own slice of the work (:mod:`dnnbrain.batch.launch`).
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ from typing import List, Optional
 
 from ..batch.merge import merge
 from ..batch.runner import describe, run
-from .common import (add_verbosity, configure_logging, progress_flag, run_main,
-                     summary)
+from .common import add_verbosity, progress_flag, run_command, summary
 
 log = logging.getLogger(__name__)
 PROG = "dnn_saliency_batch"
@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-dry-run", dest="dry_run", action="store_true",
                    help="list the work items (todo/done) without computing or writing")
     p.add_argument("-shard", metavar="k/n",
-                   help="compute shard k (from 0) of n; default: RANK/WORLD_SIZE if set")
+                   help="compute shard k (from 0) of n; default: torchrun's RANK/WORLD_SIZE, "
+                        "else SLURM_PROCID/SLURM_NTASKS, else all")
     p.add_argument("-merge", action="store_true",
                    help="merge the shards' manifest parts into manifest.csv and exit")
     p.add_argument("-workers", type=int, default=2, help="writer threads (default: 2)")
@@ -66,22 +67,27 @@ def _run(args: argparse.Namespace) -> int:
 
 def run_summary(result) -> str:
     """The one line ``dnn_saliency_batch`` prints for a :class:`~dnnbrain.batch.RunResult`:
-    maps computed and kept, the folder, and what is in it."""
+    maps computed and kept, maps/s of the whole run and of the maps alone
+    (:attr:`~dnnbrain.batch.RunResult.run_maps_per_s`,
+    :attr:`~dnnbrain.batch.RunResult.maps_per_s`), the folder, and what is in it."""
     out = result.out_dir
     done = len(result.items) - len(result.todo)
     what = [f.name for f in (result.manifest,) if f is not None]
     what += [n for n in ("index.html", "eval/") if (out / n.rstrip("/")).exists()]
+    probe = (result.config.get("probe") or {}).get("dir")
+    if probe is not None and (out / probe / "index.html").is_file():
+        what.append(f"{probe}/ (unit reports)")
     shard = "" if result.shard is None else f" (shard {result.shard[0]}/{result.shard[1]})"
+    rate = (f"; {result.run_maps_per_s:.1f} maps/s for the whole run, "
+            f"{result.maps_per_s:.1f} for the maps alone" if result.maps else "")
     return (f"{PROG}: {result.maps} map{'s' if result.maps != 1 else ''} computed in "
             f"{result.wall_s:.1f} s ({len(result.todo)} work items, {done} already "
-            f"complete){shard} -> {out}/ ({', '.join(what)})")
+            f"complete{rate}){shard} -> {out}/ ({', '.join(what)})")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_saliency_batch``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    configure_logging(args)
-    return run_main(PROG, lambda: _run(args))
+    return run_command(PROG, _parser(), _run, argv)
 
 
 if __name__ == "__main__":

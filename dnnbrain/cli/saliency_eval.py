@@ -19,8 +19,7 @@ from typing import List, Optional
 from ..batch.gallery import link_evaluation
 from ..evaluate import METRICS, evaluate_run
 from ..metrics.faithfulness import ROAD_PERCENTAGES
-from .common import (add_verbosity, configure_logging, progress_flag, run_main,
-                     summary)
+from .common import add_verbosity, progress_flag, run_command, summary
 
 log = logging.getLogger(__name__)
 PROG = "dnn_saliency_eval"
@@ -94,9 +93,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_saliency_eval``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    configure_logging(args)
-    return run_main(PROG, lambda: _run(args))
+    return run_command(PROG, _parser(), _run, argv)
 
 
 if __name__ == "__main__":

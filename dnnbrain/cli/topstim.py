@@ -3,13 +3,14 @@
 DNNBrain's options (``-net -layer -chn -top -stim -out``) plus ``-reduce max|mean`` (how a
 conv channel's map becomes one number; max by default, as in DNNBrain), ``-bottom`` (also
 the least driving stimuli), ``-weights`` / ``-random-weights`` with ``-seed``, ``-device``,
-``-batch-size`` and ``-force``. For each channel ``c`` it writes
+``-batch-size``, ``-force`` and ``-q``/``-v``. For each channel ``c`` it writes
 ``{layer}_chn{c}_top{K}.stim.csv`` (DNNBrain's stimulus table: the selected rows with every
 column of ``-stim``, plus ``value`` and, for a conv channel, the ``row``/``col`` of its
 maximum (from 1), in descending order of value, ties by stimulus order) and
 ``{layer}_chn{c}_top{K}.png``, a montage of the stimuli cropped to the unit's receptive
 field at that location; with ``-bottom`` the same as ``..._bottom{K}``, ascending. The
 stimuli stream through the network (memory: units x K), so a set of any size fits.
+Prints one line saying what it wrote and where (nothing with ``-q``).
 """
 from __future__ import annotations
 
@@ -18,18 +19,14 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
-
-from ..dnn.fingerprint import fingerprint, seeded
-from ..dnn.models import network_names
 from ..io.maps import atomic_write
-from ..io.stim import Stimulus
 from ..probe.actsource import as_source
 from ..probe.montage import layer_field, unit_montage
 from ..probe.taps import parse_layers
-from ..probe.topstim import Ranking, TopStimuli, top_stimuli
-from .common import load_network, load_stimuli, run_main, setup_logging
-from .saliency import _check_out
+from ..probe.topstim import selection_table, top_stimuli
+from .common import (add_batch_size_arg, add_layer_arg, add_network_args, add_output_args,
+                     add_stim_arg, add_verbosity, check_network_args, check_out,
+                     load_stimuli, network_from_args, run_command, summary)
 
 log = logging.getLogger(__name__)
 PROG = "dnn_topstim"
@@ -37,47 +34,21 @@ PROG = "dnn_topstim"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("-net", required=True, metavar="NET",
-                   help=f"network name, one of {network_names()} (case-insensitive), or "
-                        "timm:<model>")
-    p.add_argument("-layer", required=True, help="layer name (or dotted module path)")
+    add_network_args(p)
+    add_layer_arg(p)
     p.add_argument("-chn", nargs="+", type=int, metavar="CHN",
                    help="channel(s), counted from 1 (default: every channel of the layer)")
     p.add_argument("-top", required=True, type=int, metavar="K",
                    help="how many stimuli per channel")
-    p.add_argument("-stim", required=True, nargs="+", metavar="STIM",
-                   help="a .stim.csv file, a folder of images, or image files")
+    add_stim_arg(p)
     p.add_argument("-reduce", default="max", choices=["max", "mean"],
                    help="how a conv channel's map becomes one number (default: max)")
     p.add_argument("-bottom", action="store_true",
                    help="also the K stimuli with the smallest values")
-    p.add_argument("-weights", help="weights file (default: offline search, see docs)")
-    p.add_argument("-random-weights", dest="random_weights", action="store_true",
-                   help="random weights (seeded by -seed) instead of trained ones")
-    p.add_argument("-seed", type=int, default=None,
-                   help="seed of the random weights of -random-weights (default: 0)")
-    p.add_argument("-device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("-batch-size", dest="batch_size", type=int, default=64,
-                   help="stimuli per forward pass (default: 64)")
-    p.add_argument("-out", required=True, help="output folder")
-    p.add_argument("-force", action="store_true", help="write into a non-empty -out")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    add_batch_size_arg(p)
+    add_output_args(p)
+    add_verbosity(p)
     return p
-
-
-def selection_table(stim: Stimulus, result: TopStimuli, unit: int,
-                    which: str = "top") -> Stimulus:
-    """The selected rows of ``stim`` for row ``unit`` (from 0) of ``result``'s ranking
-    ``which``, best first, with ``value`` (and ``row``/``col`` of a channel's maximum)."""
-    ranking: Ranking = result.top if which == "top" else result.bottom
-    sub = stim[ranking.index[unit]]
-    data = {k: v for k, v in sub.data.items() if k not in ("value", "row", "col")}
-    data["value"] = ranking.value[unit].astype(np.float64)
-    if ranking.location is not None:
-        data["row"] = ranking.location[unit, :, 0]
-        data["col"] = ranking.location[unit, :, 1]
-    return Stimulus(data, path=sub.root, type=sub.header["type"],
-                    title=sub.header.get("title", ""))
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -91,30 +62,17 @@ def _check(args: argparse.Namespace) -> None:
             raise ValueError(f"`-chn` values count from 1, got {bad[0]}")
         if len(set(args.chn)) < len(args.chn):
             raise ValueError(f"`-chn` names a channel more than once: {args.chn}")
-    if args.random_weights and args.weights:
-        raise ValueError("`-random-weights` and `-weights` exclude each other; pass one")
-    if args.seed is not None and not args.random_weights:
-        raise ValueError(f"`-seed` {args.seed} seeds only -random-weights, which is not "
-                         "given")
-    if args.seed is not None and args.seed < 0:
-        raise ValueError(f"`-seed` must be an integer >= 0, got {args.seed}")
 
 
 def _run(args: argparse.Namespace) -> int:
     _check(args)
+    seed = check_network_args(args)
     out = Path(args.out)
-    _check_out(out, args.force)
+    check_out(out, args.force)
     stim = load_stimuli(args.stim)
     if args.top > len(stim):
         raise ValueError(f"`-top` {args.top} is more than the {len(stim)} stimuli of -stim")
-    with seeded(0 if args.seed is None else args.seed):
-        try:
-            dnn = load_network(args.net, args.weights, args.device,
-                               pretrained=not args.random_weights)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(str(err).replace("pass pretrained=False",
-                                                     "pass -random-weights")) from None
-    log.info("network %s: fingerprint %s", args.net, fingerprint(dnn.model))
+    dnn = network_from_args(args, seed)
     spec = parse_layers(dnn, args.layer, args.chn)[0]  # checks -layer and -chn first
     result = top_stimuli(dnn, stim, args.layer, units=args.chn, k=args.top,
                          reduce=args.reduce, bottom=args.bottom,
@@ -137,15 +95,13 @@ def _run(args: argparse.Namespace) -> int:
             atomic_write(Path(f"{stem}.png"), fig.savefig)
             written += 1
     units = len(result.units)
-    print(f"{PROG}: {'top and bottom' if args.bottom else 'top'} {args.top} of "
-          f"{len(stim)} stimuli for {units} channel{'s' if units != 1 else ''} of "
-          f"{args.layer} (reduce {args.reduce}) -> {out}/ ({written} .stim.csv, "
-          f"{written} .png)")
+    summary(args, f"{PROG}: {'top and bottom' if args.bottom else 'top'} {args.top} of "
+                  f"{len(stim)} stimuli for {units} channel{'s' if units != 1 else ''} of "
+                  f"{args.layer} (reduce {args.reduce}) -> {out}/ ({written} .stim.csv, "
+                  f"{written} .png)")
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_topstim``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_main(PROG, lambda: _run(args))
+    return run_command(PROG, _parser(), _run, argv)

@@ -25,6 +25,15 @@ _CHANNEL_COUNTS = (1, 3, 4)
 CHANNELS = (3, 1)
 #: ITU-R 601-2 luma weights (PIL's ``convert('L')``) of a grayscale transform.
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """Grayscale ``(..., 1, H, W)`` of RGB pixels ``(..., 3, H, W)``: ``0.299 R + 0.587 G
+    + 0.114 B`` (ITU-R 601-2, PIL's ``convert('L')``), what a grayscale
+    :class:`ImageTransform` gives the network."""
+    return torch.tensordot(_LUMA.to(rgb), rgb, dims=([0], [-3])).unsqueeze(-3)
+
+
 _MODE_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0,
                "I": 65535.0, "F": 1.0}
 
@@ -224,7 +233,7 @@ class ImageTransform:
         """Transform several images to one float32 ``(N, 3, H, W)`` tensor."""
         tensors = [load_image(im) for im in images]
         if self.channels == 1:
-            tensors = [torch.tensordot(_LUMA, t, dims=1)[None] for t in tensors]
+            tensors = [luma(t) for t in tensors]
         if self.size is None:
             shapes = {t.shape for t in tensors}
             if len(shapes) > 1:

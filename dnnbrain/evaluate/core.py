@@ -190,16 +190,28 @@ def _randomisation(run: Run, dnn: Any, groups: Dict[Key, List[int]], opts: Optio
     return out
 
 
+def _classes(run: Run, t: int, units: Sequence[Any]) -> List[str]:
+    """The class names of target ``t``'s ``units`` from the manifest's ``class`` column,
+    in unit order; empty unless every unit is a named class (the output layer's)."""
+    named = {r["unit"]: r.get("class", "") for r in run.rows if r["target"] == str(t)}
+    names = [named.get(unit_text(u), "") for u in units]
+    return names if names and all(names) else []
+
+
 def _targets(run: Run, records: List[Dict]) -> List[Dict[str, Any]]:
     out = []
     for t, tg in enumerate(run.config.get("targets", [])):
         units = ", ".join(unit_text(u) for u in tg["units"])
+        names = _classes(run, t, tg["units"])
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         out.append({"index": t, "layer": tg["layer"], "units": tg["units"],
-                    "reduce": tg["reduce"],
-                    "label": f"targets[{t}]: {tg['layer']} units {units} (reduce "
-                             f"{tg['reduce']})",
+                    "reduce": tg["reduce"], "classes": names,
+                    "label": f"targets[{t}]: {tg['layer']} units {units}"
+                             + (f" ({', '.join(names)})" if names else "")
+                             + f" (reduce {tg['reduce']})",
                     "short": f"{tg['layer']} " + (units if units == "predicted" else
-                                                  f"units {units.replace(', ', ',')}"),
+                                                  f"units {units.replace(', ', ',')}")
+                             + (f"\n({shown})" if names else ""),
                     "chance": report.chance(records, t)})
     return out
 

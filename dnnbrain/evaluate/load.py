@@ -14,7 +14,8 @@ import torch
 import yaml
 from PIL import Image
 
-from ..batch.build import build_model, runtime_device
+from ..batch.build import build_model
+from ..batch.launch import runtime_device
 from ..batch.network import load_run_network
 from ..batch.store import COLUMNS, CONFIG_NAME, MANIFEST_NAME, read_manifest
 from ..dnn.models import DNN
@@ -184,7 +185,7 @@ def read_run(run_dir: PathLike, stim: StimLike = None) -> Run:
     rows = read_manifest(manifest)
     if not rows:
         raise ValueError(f"'{manifest}' lists no map")
-    lacking = [c for c in COLUMNS if c not in rows[0] and c != "network"]  # older runs
+    lacking = [c for c in COLUMNS if c not in rows[0] and c not in ("network", "class")]
     kind = next((k for k in MAP_KINDS if rows[0].get(k)), None)
     if lacking or kind is None:
         raise ValueError(f"'{manifest}' must have the columns {list(COLUMNS)} and one of "

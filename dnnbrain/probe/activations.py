@@ -260,9 +260,9 @@ def activations(dnn: DNN, stimuli: Any, layers: Union[str, Sequence[str]],
     preprocessed : bool
         ``stimuli`` is already ``dnn.test_transform`` output ``(N, 3, H, W)``.
     shard : 'k/n', (k, n) or None
-        With ``out``: compute only batches ``k, k + n, ...`` (None: ``$RANK`` /
-        ``$WORLD_SIZE`` if set, as the batch runner shards). The last shard to finish
-        marks the store complete.
+        With ``out``: compute only batches ``k, k + n, ...`` (None: torchrun's or
+        SLURM's variables, as the batch runner shards: :mod:`dnnbrain.batch.launch`).
+        The last shard to finish marks the store complete.
     force : bool
         With ``out``: replace a store made with other settings (else FileExistsError).
     sync : bool

@@ -11,8 +11,8 @@ Rows are written in place into the memory-mapped files, ``msync``-ed (``sync=Tru
 only then marked done in the process's own progress file (written atomically), so a run
 killed at any moment leaves only finished rows marked; a resume recomputes the others,
 batch by batch exactly as before, and the files come out byte-identical to an
-uninterrupted run. Shard ``k`` of ``n`` (``'k/n'`` or ``$RANK``/``$WORLD_SIZE``, parsed as
-the batch runner does: :func:`dnnbrain.batch.plan.parse_shard`) computes batches
+uninterrupted run. Shard ``k`` of ``n`` (``'k/n'``, or from torchrun or SLURM, read as
+the batch runner reads them: :func:`dnnbrain.batch.launch.parse_shard`) computes batches
 ``k, k + n, ...``; runs and shards are locked as the batch runner's
 (:func:`dnnbrain.batch.lock.run_lock`), and creating and finalising the store happen
 under an exclusive lock on the folder (:func:`dnnbrain.batch.lock.folder_lock`). The last
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..batch.lock import RunLockedError, folder_lock, run_lock
-from ..batch.plan import parse_shard
+from ..batch.launch import parse_shard
 from ..dnn.fingerprint import fingerprint
 from ..io.maps import atomic_path, atomic_write
 
@@ -213,7 +213,8 @@ def write_store(ext: Any, out: Union[str, os.PathLike], shard: Any = None,
     out : str or os.PathLike
         The store's folder (created if missing).
     shard : 'k/n', (k, n) or None
-        See :func:`dnnbrain.batch.plan.parse_shard` (None: ``$RANK``/``$WORLD_SIZE``).
+        See :func:`dnnbrain.batch.launch.parse_shard` (None: torchrun's or SLURM's
+        variables, else all).
     force : bool
         Replace a store made with other settings, or write into a folder with other files.
     sync : bool

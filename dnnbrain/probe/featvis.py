@@ -28,6 +28,7 @@ from ..dnn.algo.calls import check_call
 from ..dnn.algo.checks import check_number
 from ..dnn.algo.forward import eval_mode
 from ..dnn.algo.target import REDUCE
+from ..dnn.base import luma
 from ..dnn.models import DNN
 from ..io.maps import save_png
 from .objective import UnitPass, gram_similarity, parse_units
@@ -208,7 +209,9 @@ def visualise(dnn: DNN, layer: str, unit: Any, n: int = 1, steps: int = 256,
     Returns
     -------
     FeatureVis
-        ``images`` ``(n, H, W, 3)`` float32 in 0..1 (``(U, n, H, W, 3)`` for a unit list),
+        ``images`` ``(n, H, W, 3)`` float32 in 0..1 (``(U, n, H, W, 3)`` for a unit list;
+        for a grayscale network, ``dnn.test_transform.channels == 1``, the gray image it
+        saw in all three channels),
         their ``activation`` ``(n,)`` / ``(U, n)`` and the score ``trace`` per step.
 
     Raises
@@ -249,7 +252,10 @@ def visualise(dnn: DNN, layer: str, unit: Any, n: int = 1, steps: int = 256,
                          .to(dev), img_hw, decay)
     units = [v.to(dev) if isinstance(v, torch.Tensor) else v for v in units]
     objective = UnitPass(work, layer, units, n, reduce, call, diversity_layer)
-    normalize = work.test_transform.normalize
+    gray = getattr(work.test_transform, "channels", 3) == 1  # a grayscale network sees luma
+
+    def normalize(px: torch.Tensor) -> torch.Tensor:
+        return work.test_transform.normalize(luma(px) if gray else px)
     opt = torch.optim.Adam([image.spectra], lr=lr)
     trace = []
     log.info("visualise %s %s unit %r: %d image(s) x %d unit(s), %d steps on %s",
@@ -269,6 +275,8 @@ def visualise(dnn: DNN, layer: str, unit: Any, n: int = 1, steps: int = 256,
             pixels = image.pixels()
             final, _ = objective(normalize(resize_to(pixels, net_hw)))
     shape = (u, n) if many else (n,)
+    if gray:  # shown as the network saw them
+        pixels = luma(pixels).expand(-1, 3, -1, -1)
     images = pixels.permute(0, 2, 3, 1).to("cpu", torch.float32).numpy()
     return FeatureVis(images=images.reshape(shape + images.shape[1:]),
                       activation=final.to("cpu", torch.float32).numpy().reshape(shape),

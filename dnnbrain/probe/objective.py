@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..dnn.algo.calls import CallCounts
-from ..dnn.algo.checks import input_shape_error
+from ..dnn.algo.checks import input_errors
 from ..dnn.algo.forward import StopForward, pass_hooks
 from ..dnn.algo.target import check_unit, select, static_size
 from ..dnn.models import DNN
@@ -171,18 +171,12 @@ class UnitPass:
         self._stop: Optional[int] = None
 
     def _run(self, x: torch.Tensor, stop_at: int) -> Tuple[dict, dict]:
-        with pass_hooks(self.module, stop_at) as cap, _capture_output(self.div_module) as div:
+        with pass_hooks(self.module, stop_at) as cap, _capture_output(self.div_module) as div, \
+                input_errors(self.dnn, x, "size"):
             try:
                 self.dnn.model(x)
             except StopForward:
                 pass
-            except RuntimeError as err:
-                size = self.dnn.test_transform.size
-                bad = input_shape_error(err, x.shape, self.dnn.name,
-                                        None if size is None else (3,) + tuple(size))
-                if bad is None:
-                    raise
-                raise ValueError(str(bad).replace("`image`", "`size`", 1)) from err
         if "output" not in cap:
             raise ValueError(f"target layer {self.layer!r} did not run in the forward pass"
                              if not cap["calls"] else f"`call` {self.call} of layer "
@@ -193,9 +187,10 @@ class UnitPass:
         """Scores ``(len(units) * n,)`` and the diversity layer's output for ``x``
         ``(len(units) * n, 3, H, W)`` (normalised network input on the model's device)."""
         if self._stop is None:
-            self._stop = self._calls.stop_at(
-                self.call, self.layer, self.module, (tuple(x.shape[1:]),),
-                lambda: self.dnn.model(x[:1].detach()), "visualise")
+            with input_errors(self.dnn, x, "size"):
+                self._stop = self._calls.stop_at(
+                    self.call, self.layer, self.module, (tuple(x.shape[1:]),),
+                    lambda: self.dnn.model(x[:1].detach()), "visualise")
         cap, div = self._run(x, self._stop)
         out = cap["output"]
         lay = layout_of(self.dnn, self.layer, out, tuple(x.shape[-2:]))

@@ -20,16 +20,15 @@ requested layer has been recorded: nothing after the deepest one is computed.
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..dnn.algo.calls import Call, call_index, check_call, needs_count
-from ..dnn.algo.checks import input_shape_error
+from ..dnn.algo.checks import input_errors
 from ..dnn.algo.forward import StopForward, eval_mode
 from ..dnn.algo.target import check_unit, reduce_channels, static_size
 from ..dnn.tokens import layout_of, patches
@@ -216,17 +215,8 @@ class Taps:
             on = bool(getattr(self.dnn, "channels_last", False)) and x.device.type == "cpu"
         return x.contiguous(memory_format=torch.channels_last) if on and x.ndim == 4 else x
 
-    @contextlib.contextmanager
-    def _input_errors(self, x: torch.Tensor) -> Iterator[None]:
-        try:
-            yield
-        except RuntimeError as err:
-            size = self.dnn.test_transform.size
-            bad = input_shape_error(err, x.shape, self.dnn.name,
-                                    None if size is None else (3,) + tuple(size))
-            if bad is None:
-                raise
-            raise bad from err
+    def _input_errors(self, x: torch.Tensor):
+        return input_errors(self.dnn, x)
 
     def stops(self, x: torch.Tensor) -> Dict[str, int]:
         """The call (from 1) of each layer's module that is recorded, for inputs like

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from ..dnn.algo.target import REDUCE, reduce_channels
+from ..io.stim import Stimulus
 from .activations import DEFAULT_BATCH_SIZE, Extraction
 
-__all__ = ["RunningTopK", "Ranking", "TopStimuli", "top_stimuli"]
+__all__ = ["RunningTopK", "Ranking", "TopStimuli", "top_stimuli", "selection_table"]
 
 
 class RunningTopK:
@@ -122,6 +123,9 @@ class TopStimuli:
     top : Ranking
     bottom : Ranking or None
         Present when asked for (``bottom=True``).
+    values : numpy.ndarray or None
+        ``(U, N)`` float32: every stimulus' value of every unit, in stimulus order, when
+        asked for (``keep_values=True``; memory ``U x N``), else None.
     """
 
     layer: str
@@ -131,6 +135,7 @@ class TopStimuli:
     ids: List[str]
     top: Ranking
     bottom: Optional[Ranking] = None
+    values: Optional[np.ndarray] = None
 
     def selected_ids(self, unit: int = 0, which: str = "top") -> List[str]:
         """Stimulus ids of row ``unit`` (from 0) of ranking ``which``, best first."""
@@ -166,7 +171,8 @@ def top_stimuli(dnn: Any, stimuli: Any, layer: str,
                 units: Union[None, Sequence[Any]] = None, k: int = 10,
                 reduce: str = "max", bottom: bool = False,
                 batch_size: int = DEFAULT_BATCH_SIZE, device: Any = None,
-                preprocessed: bool = False, progress: bool = False) -> TopStimuli:
+                preprocessed: bool = False, progress: bool = False,
+                keep_values: bool = False) -> TopStimuli:
     """The ``k`` stimuli that drive each unit most (and, with ``bottom``, least).
 
     Parameters
@@ -194,6 +200,9 @@ def top_stimuli(dnn: Any, stimuli: Any, layer: str,
         ``stimuli`` is an ``(N, 3, H, W)`` tensor of network input.
     progress : bool
         Show a progress bar.
+    keep_values : bool
+        Also return every stimulus' value of every unit (:attr:`TopStimuli.values`,
+        ``(U, N)``): the response distributions, from the same pass.
 
     Returns
     -------
@@ -208,6 +217,8 @@ def top_stimuli(dnn: Any, stimuli: Any, layer: str,
         raise ValueError(f"`reduce` must be one of {list(REDUCE)}, got {reduce!r}")
     if not isinstance(bottom, (bool, np.bool_)):
         raise TypeError(f"`bottom` must be True or False, got {bottom!r}")
+    if not isinstance(keep_values, (bool, np.bool_)):
+        raise TypeError(f"`keep_values` must be True or False, got {keep_values!r}")
     if not isinstance(layer, str):
         raise TypeError(f"`layer` must be one layer name (a str), got {layer!r}")
     ext = Extraction(dnn, stimuli, [layer], "none", units, batch_size, device, preprocessed)
@@ -216,9 +227,12 @@ def top_stimuli(dnn: Any, stimuli: Any, layer: str,
     best = RunningTopK(k, largest=True)
     worst = RunningTopK(k, largest=False) if bottom else None
     n_units = 0
+    kept: List[torch.Tensor] = []  # on the device: one copy to the CPU at the end
     for start, acts in ext.stream(progress=progress):
         vals, loc = _values(acts[spec.key], reduce, spec.spatial)
         n_units = vals.shape[1]
+        if keep_values:
+            kept.append(vals.float())
         best.update(vals, start, loc)
         if worst is not None:
             worst.update(vals, start, loc)
@@ -233,4 +247,27 @@ def top_stimuli(dnn: Any, stimuli: Any, layer: str,
                        state.values.float().cpu().numpy(), loc)
 
     return TopStimuli(layer, unit_list, k, reduce, list(ext.source.ids), finish(best),
-                      finish(worst) if worst is not None else None)
+                      finish(worst) if worst is not None else None,
+                      torch.cat(kept).t().contiguous().cpu().numpy() if keep_values else None)
+
+
+def selection_table(stim: Stimulus, result: TopStimuli, unit: int,
+                    which: str = "top") -> Stimulus:
+    """The selected rows of ``stim`` for row ``unit`` (from 0) of ``result``'s ranking
+    ``which``, best first, as a stimulus table (DNNBrain's ``.stim.csv``): every column of
+    ``stim`` plus ``value`` (float64) and, for a channel of a map, the ``row``/``col`` of
+    its maximum (from 1)."""
+    if which not in ("top", "bottom"):
+        raise ValueError(f"`which` must be 'top' or 'bottom', got {which!r}")
+    ranking = result.top if which == "top" else result.bottom
+    if ranking is None:
+        raise ValueError("`which` 'bottom': no bottom ranking; pass bottom=True to "
+                         "top_stimuli")
+    sub = stim[ranking.index[unit]]
+    data = {k: v for k, v in sub.data.items() if k not in ("value", "row", "col")}
+    data["value"] = ranking.value[unit].astype(np.float64)
+    if ranking.location is not None:
+        data["row"] = ranking.location[unit, :, 0]
+        data["col"] = ranking.location[unit, :, 1]
+    return Stimulus(data, path=sub.root, type=sub.header["type"],
+                    title=sub.header.get("title", ""))

@@ -1,11 +1,13 @@
 """Parameter checks shared by the methods: errors name the parameter, value and range."""
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 
 #: SmoothGrad's ways of combining the noisy maps (mean, squared, VarGrad).
 SMOOTH_MODES = ("mean", "squared", "vargrad")
@@ -97,3 +99,22 @@ def input_shape_error(err: RuntimeError, shape: Sequence[int], network: str,
             if expected is not None and one == tuple(expected) else "")
     return ValueError(f"`image` of shape {one} does not fit the network {network} ({want})"
                       f": {text}{hint}")
+
+
+@contextlib.contextmanager
+def input_errors(dnn: Any, x: torch.Tensor, name: str = "image") -> Iterator[None]:
+    """Inside the block, torch's complaints about an input ``x`` (``(B, C, H, W)``) the
+    network ``dnn`` cannot take become the one-line ValueError of
+    :func:`input_shape_error`, naming the parameter ``name`` (the original as its
+    ``__cause__``); every other error propagates as it is."""
+    try:
+        yield
+    except RuntimeError as err:
+        tf = dnn.test_transform
+        bad = input_shape_error(err, x.shape, dnn.name, None if tf.size is None else
+                                (getattr(tf, "channels", 3),) + tuple(tf.size))
+        if bad is None:
+            raise
+        if name != "image":
+            bad = ValueError(str(bad).replace("`image`", f"`{name}`", 1))
+        raise bad from err

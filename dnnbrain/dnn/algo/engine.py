@@ -23,10 +23,11 @@ from ..models import DNN
 from ..tokens import TokenLayout, layout_of
 from .calls import Call, CallCounts, call_index, check_call, count_calls
 from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
-from .checks import SIGMA_MULTIPLIER, input_shape_error
+from .checks import SIGMA_MULTIPLIER, input_errors
 from .forward import StopForward, eval_mode, pass_hooks
-from .passes import forward_rows, smooth_maps
+from .passes import smooth_maps
 from .relu import relu_override
+from .rows import run_rows
 from .target import (LABEL, REDUCE, Unit, check_units, from_base, labels_to_units,
                      resolve_predicted, select, static_size)
 
@@ -542,21 +543,10 @@ class SaliencyImage:
             except StopForward:
                 pass
 
-    @contextlib.contextmanager
-    def _input_errors(self, x: torch.Tensor) -> Iterator[None]:
+    def _input_errors(self, x: torch.Tensor):
         """Torch's complaints about an input the network cannot take become a ValueError
-        naming `image` (the original as its ``__cause__``); every other error propagates
-        as it is."""
-        try:
-            yield
-        except RuntimeError as err:
-            size = self.dnn.test_transform.size
-            bad = input_shape_error(err, x.shape, self.dnn.name,
-                                    None if size is None else
-                                    (self.dnn.test_transform.channels,) + tuple(size))
-            if bad is None:
-                raise
-            raise bad from err
+        naming `image` (:func:`dnnbrain.dnn.algo.checks.input_errors`)."""
+        return input_errors(self.dnn, x)
 
     @contextlib.contextmanager
     def _hooks(self, to_layer: Optional[str] = None, at_output: Optional[str] = None,
@@ -587,65 +577,9 @@ class SaliencyImage:
 
     def _run(self, x: torch.Tensor, fn, rows_factor: int = 1,
              net_input: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Apply ``fn(x_rows, unit_rows)`` over all (image, unit) rows in chunks; returns
-        ``(N, U, ...)`` on the device. ``net_input``: what the network sees of ``x``'s
-        rows when they carry more (a path method's image and baseline), for the budget."""
-        self._check_once(tuple((x if net_input is None else net_input).shape[1:]))
-        n, u = len(x), len(self.units)
-        img_idx = torch.arange(n, device=x.device).repeat_interleave(u)
-        unit_rows = [self.units[k % u] for k in range(n * u)]
-        if any(isinstance(v, str) and v == LABEL for v in self.units):
-            if self._labels is None or len(self._labels) != n:
-                got = "none" if self._labels is None else f"{len(self._labels)}"
-                raise ValueError(f"`unit` 'label' needs one label per image ({n}), got "
-                                 f"{got}: pass `labels` to saliency(), or call backprop "
-                                 "inside `with method.labelled(labels):`")
-            unit_rows = [self._labels[k // u] if isinstance(v, str) and v == LABEL else v
-                         for k, v in enumerate(unit_rows)]
-        self._outputs = n * u
-        self.resolved_units = None
-        resolved: List[Unit] = []
-        try:
-            if self.shares_units and rows_factor == 1:
-                # whole images, as many as fill the method's own no-grad passes
-                step = max(1, forward_rows(self, x) // self.rows_per_map) * u
-            else:
-                rows = self.rows_per_pass(x if net_input is None else net_input, unit_rows)
-                step = max(1, rows // max(1, rows_factor * self.rows_per_map))
-            clean = x if net_input is None else net_input
-            outs = []
-            for i in range(0, n * u, step):
-                pick = img_idx[i:i + step]
-                ub = unit_rows[i:i + step]
-                ub, out = self._chunk(fn, x[i:i + step] if u == 1 else x[pick],  # a view if can
-                                      clean[i:i + step] if u == 1 else clean[pick], ub)
-                outs.append(out)
-                resolved += ub
-        finally:
-            self._outputs = 0
-            self._picked = None
-        self.resolved_units = [resolved[k * u:(k + 1) * u] for k in range(n)]
-        out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        return out.reshape((n, u) + tuple(out.shape[1:]))
-
-    def _chunk(self, fn, xb: torch.Tensor, clean: torch.Tensor,
-               ub: List[Unit]) -> Tuple[List[Unit], torch.Tensor]:
-        """``fn(xb, ub)`` for one chunk of rows, and the rows' units with ``'predicted'``
-        resolved on the clean input: a plain gradient picks them in its own pass
-        (:meth:`gradient` records them); any other method gets them resolved first
-        (:meth:`fixed_units`, which it would call on the same clean rows itself)."""
-        if not any(isinstance(v, str) for v in ub):
-            return ub, fn(xb, ub)
-        if not self.plain_gradient:
-            ub = self.fixed_units(clean, ub)
-            return ub, fn(xb, ub)
-        self._picked = []
-        try:
-            out = fn(xb, ub)
-            picked = next((p for p in reversed(self._picked) if len(p) == len(ub)), None)
-        finally:
-            self._picked = None
-        return (picked if picked is not None else self.fixed_units(clean, ub)), out
+        """``fn(x_rows, unit_rows)`` over all (image, unit) rows in chunks, ``(N, U, ...)``
+        on the device (:func:`dnnbrain.dnn.algo.rows.run_rows`)."""
+        return run_rows(self, x, fn, rows_factor, net_input)
 
     def _shape(self, out: torch.Tensor, batch: bool) -> np.ndarray:
         if not self._many:
