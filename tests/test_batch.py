@@ -58,9 +58,11 @@ def ref(cfg_file, tmp_path_factory):
 
 
 def tree(root):
-    """Every file under ``root`` -> bytes (the resolved config aside: it names the folder)."""
+    """Every file under ``root`` -> bytes (the resolved config aside: it names the folder;
+    the empty lock files aside: they are not outputs)."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in Path(root).rglob("*")
-            if p.is_file() and p.name != "config.resolved.yaml"}
+            if p.is_file() and p.name != "config.resolved.yaml"
+            and not p.name.startswith(".lock")}
 
 
 def rows(path):

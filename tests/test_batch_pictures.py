@@ -13,6 +13,8 @@ def _stack(shape, seed=0):
     maps[1] = 0.0                   # a constant map
     maps[2] = np.abs(maps[2])       # a non-negative one
     maps[3].flat[::7] = 1e3         # outliers above the percentile
+    maps[4] = 0.0                   # a sparse signed map: |m|'s percentiles are 0
+    maps[4].flat[0], maps[4].flat[1] = -1.0, 2.0
     return maps
 
 

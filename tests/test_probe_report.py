@@ -20,6 +20,7 @@ from PIL import Image
 from dnnbrain.batch import run
 from dnnbrain.batch.config import load_config
 from dnnbrain.cli.probe import main
+from dnnbrain.dnn.algo import VanillaSaliencyImage
 from dnnbrain.dnn.models import build_network
 from dnnbrain.io.stim import Stimulus, demo_stimulus_file
 from dnnbrain.probe.activations import activations
@@ -115,8 +116,10 @@ def test_small_report_values_links_and_no_trace(shapenet, tmp_path):
                 table = list(csv.DictReader(fh))
             assert [r["stimID"] for r in table] == [str(i) for i in rows]
             np.testing.assert_array_equal([float(r["value"]) for r in table], acts[rows, u])
-            maps = np.load(folder / f"{which}_vanilla.npy")
-            assert maps.shape == (2, 3, 64, 64) and np.abs(maps).sum() > 0
+            maps = np.load(folder / f"{which}_vanilla.npy")  # aimed at this unit
+            want = VanillaSaliencyImage(shapenet, "fc2", unit).backprop(
+                x[list(rows)], preprocessed=True)
+            np.testing.assert_allclose(maps, want, rtol=1e-5, atol=1e-7)
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["unit"] == unit and summary["receptive_field"] is None
         assert summary["class"] == ["circle", "square", "triangle", "star"][unit - 1]
@@ -124,6 +127,10 @@ def test_small_report_values_links_and_no_trace(shapenet, tmp_path):
         np.testing.assert_array_equal(np.load(folder / "responses.npy"), acts[:, u])
     assert rep.files == sum(1 for f in tmp_path.rglob("*") if f.is_file())
     assert_report_pages(tmp_path, "fc2", [2, 4])
+    again = probe_units(shapenet, x, "fc2", [2, 4], tmp_path, k=1, methods=[],
+                        featvis_steps=0, preprocessed=True)  # an earlier report's files go
+    assert not list(tmp_path.rglob("top_2*")) and not list(tmp_path.rglob("*_vanilla*"))
+    assert again.files == sum(1 for f in tmp_path.rglob("*") if f.is_file())
     assert_model_unchanged(shapenet.model, before)
     assert torch.equal(x, x0)
 
@@ -138,6 +145,8 @@ def test_small_report_values_links_and_no_trace(shapenet, tmp_path):
     ({"k": 7}, ValueError, "`k` must be an int in 1..6"),
     ({"reduce": "median"}, ValueError, "`reduce` must be one of"),
     ({"featvis_steps": -1}, ValueError, "`featvis_steps` must be an int >= 0"),
+    ({"methods": [{"name": "vanilla", "label": "../x"}]}, ValueError,
+     "`methods` label must be letters, digits"),
 ])
 def test_api_refuses_bad_input_before_writing(shapenet, tmp_path, kwargs, error, message):
     x = torch.rand(6, 3, 64, 64)

@@ -11,6 +11,7 @@ import torch
 
 from ..dnn.algo.calls import call_index, check_call, count_calls
 from ..dnn.algo.engine import SaliencyImage
+from ..dnn.algo.checks import METHOD_LABEL_RE as _LABEL_RE
 from ..dnn.algo.registry import get_method, method_names
 from ..dnn.algo.target import LABEL, REDUCE, UNIT_BASES, static_size
 from ..dnn.models import DNN
@@ -22,7 +23,6 @@ from .schema import (DEFAULTS, OUTPUT_KEYS, SAVE_KINDS, TARGET_KEYS, Problems, i
 
 #: Constructor arguments the runner sets itself; not method parameters of a config.
 RUNNER_ARGS = ("self", "dnn", "from_layer", "from_chn", "batch_size")
-_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _UNIT_FORMS = ("an int channel (from 1), 'predicted', 'label' (each stimulus's own class, "
                "from the stimulus file's label column), [channel, row, col] (from 1), or "
                "[cls, feature] (a token layer's class token)")

@@ -117,14 +117,15 @@ def merge_lock(out: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def folder_lock(out: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on the folder ``out`` itself (no lock file; released when
-    the process dies), for the short critical sections of merging or finalising; it
-    waits for another process holding it. Where ``fcntl`` is missing (Windows) it does
-    not lock."""
+    """An exclusive ``flock`` on ``out/.lock.folder`` (created, kept, empty; released
+    when the process dies), for the short critical sections of merging or finalising;
+    it waits for another process holding it. A file opened for writing, not the folder
+    itself: NFS clients emulate ``flock`` with ``fcntl`` locks, whose exclusive kind
+    needs a writable descriptor. Where ``fcntl`` is missing (Windows) it does not lock."""
     if fcntl is None:
         yield
         return
-    fd = os.open(out, os.O_RDONLY)
+    fd = os.open(out / f"{LOCK_NAME}.folder", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

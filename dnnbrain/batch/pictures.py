@@ -78,6 +78,7 @@ def heatmaps(maps: np.ndarray, cmap: str = "inferno",
         a = np.abs(m[signed])
         hi = (a.max(axis=(1, 2), keepdims=True) if pct is None else
               np.percentile(a, pct, axis=(1, 2), keepdims=True))
+        hi = np.where(hi > 0, hi, 1.0)  # as viz.auto_limits: +-1 when |m|'s limit is 0
         out[signed] = _lookup(m[signed], pct, colour_table(viz.DIVERGING), -hi, hi)
     return out
 

@@ -194,8 +194,8 @@ def _rows(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str],
         for j, u in enumerate(target["units"]):
             row = {"stimulus": sid, "target": str(item.target), "layer": target["layer"],
                    "unit": actual[j][i], "requested_unit": unit_text(u),
-                   "class": class_of(dnn, target["layer"], int(actual[j][i]), names)
-                   if actual[j][i].isdigit() else "",
+                   "class": (class_of(dnn, target["layer"], int(actual[j][i]), names)
+                             if names and actual[j][i].isdigit() else None) or "",
                    "reduce": target["reduce"], "method": method["label"],
                    "activation": f"{float(acts[i, j]):.9g}",
                    "predicted_class": str(batch.predicted[i]),

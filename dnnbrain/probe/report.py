@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..dnn.algo.checks import METHOD_LABEL_RE as _LABEL_RE
 from ..dnn.algo.registry import get_method, make_method
 from ..dnn.algo.target import REDUCE
 from ..dnn.classes import class_of
@@ -143,6 +144,10 @@ def _check_methods(methods: Any) -> List[Dict[str, Any]]:
                             f"<param>: ...}} mappings, got {m!r}")
         get_method(m.get("name"))  # ValueError listing the registered names
         m.setdefault("label", m["name"])
+        if not (isinstance(m["label"], str) and _LABEL_RE.fullmatch(m["label"])):
+            raise ValueError(f"`methods` label must be letters, digits and _ . + - (it "
+                             f"names files), starting with a letter or digit, got "
+                             f"{m['label']!r}")
         if m["label"] in labels:
             raise ValueError(f"`methods` names {m['label']!r} twice; give one a distinct "
                              "'label'")
@@ -197,7 +202,8 @@ def probe_units(dnn: DNN, stimuli: Any, layer: str, units: Union[int, Sequence[i
     units : int or list of int
         Channels, counted from 1 (classes on the output layer).
     out : str or os.PathLike
-        Output folder (created; files of an earlier report there are replaced).
+        Output folder (created). An earlier report of the same unit there is replaced,
+        its top and bottom files included; folders of other units are left alone.
     k : int
         Top and bottom stimuli per unit, at most the number of stimuli.
     methods : sequence of str or mapping
@@ -289,7 +295,7 @@ def _panel(folder: Path, which: str, ranking: Any, u: int, ids: Sequence[str],
                                 boxed(to_uint8_image(x[j], transform), boxes[j])))
         for label, m in maps.items():
             pics[label] = f"{which}_{j + 1}_{label}.png"
-            heat = overlay(x[j], m[j], transform=transform)
+            heat = overlay(x[j], m[j], cmap="auto", transform=transform)
             written.append(save_png(folder / pics[label], boxed(heat, boxes[j])))
         loc = None if ranking.location is None else [int(v) for v in ranking.location[u, j]]
         rows.append({"stimulus": ids[int(ranking.index[u, j])],
@@ -307,6 +313,9 @@ def _one_unit(work: DNN, dnn: DNN, source: Any, stim: Optional[Stimulus],
     files written."""
     folder = out / unit_folder(ranked.layer, unit)
     folder.mkdir(exist_ok=True)
+    for old in [*folder.glob("top*"), *folder.glob("bottom*")]:  # an earlier report's
+        if old.is_file() and old.suffix in (".png", ".npy", ".csv"):
+            old.unlink()
     written: List[Path] = [save_npy(folder / "responses.npy", ranked.values[u])]
     transform = work.test_transform
     panels: Dict[str, List[Dict[str, Any]]] = {}

@@ -9,6 +9,9 @@ from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+#: A method label (it names files and folders): a letter or digit, then letters, digits,
+#: ``_ . + -``.
+METHOD_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 #: SmoothGrad's ways of combining the noisy maps (mean, squared, VarGrad).
 SMOOTH_MODES = ("mean", "squared", "vargrad")
 #: SmoothGrad's one default noise level, everywhere (``SmoothGrad``, ``backprop_smooth``,
