@@ -34,7 +34,7 @@ __all__ = ["linear_impute_batch", "noisy_linear_impute_batch"]
 log = logging.getLogger(__name__)
 
 #: Relative residual (of the image range) at which the fine-grid iterations stop.
-RTOL = 1e-10
+RTOL = 1e-7
 #: Damping of the Jacobi smoother (the eigenvalues of D^-1 A lie in (0, 4/3]).
 OMEGA = 0.8
 #: Grids with a side below ``2 MIN_SIDE`` are the coarsest of the V-cycle.
@@ -64,26 +64,24 @@ def _diag(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
     return _smooth(torch.ones(h, w, dtype=like.dtype, device=like.device)) / 12
 
 
-def _prolong(c: torch.Tensor, n: int) -> torch.Tensor:
-    """Cell-centred linear interpolation of the last axis, ``K -> n`` (``n <= 2K``):
-    fine ``2I`` is ``3/4 c_I + 1/4 c_{I-1}``, fine ``2I+1`` is ``3/4 c_I + 1/4 c_{I+1}``
-    (``c`` repeated past the ends)."""
-    left = torch.cat((c[..., :1], c[..., :-1]), -1)
-    right = torch.cat((c[..., 1:], c[..., -1:]), -1)
-    return torch.stack((0.75 * c + 0.25 * left, 0.75 * c + 0.25 * right), -1
-                       ).flatten(-2)[..., :n]
+def _prolong(c: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Cell-centred bilinear interpolation of ``(S, K, L)`` to ``(S, h, w)``
+    (``h <= 2K``, ``w <= 2L``): fine ``2I`` is ``3/4 c_I + 1/4 c_{I-1}``, fine ``2I+1``
+    is ``3/4 c_I + 1/4 c_{I+1}`` per axis, ``c`` repeated past the ends."""
+    k, l_ = c.shape[-2:]
+    return F.interpolate(c[:, None], size=(2 * k, 2 * l_), mode="bilinear",
+                         align_corners=False)[:, 0, :h, :w]
 
 
-def _restrict(f: torch.Tensor, k: int) -> torch.Tensor:
-    """The exact transpose of :func:`_prolong` (``n -> K``), so the V-cycle is symmetric."""
-    f = F.pad(f, (0, 2 * k - f.shape[-1]))
-    even, odd = f[..., 0::2], f[..., 1::2]
-    c = 0.75 * (even + odd)
-    c = c + 0.25 * torch.cat((even[..., 1:], even[..., :1] * 0), -1)
-    c = c + 0.25 * torch.cat((odd[..., :1] * 0, odd[..., :-1]), -1)
-    c[..., 0] += 0.25 * even[..., 0]
-    c[..., -1] += 0.25 * odd[..., -1]
-    return c
+def _restrict(f: torch.Tensor, k: int, l_: int) -> torch.Tensor:
+    """The exact transpose of :func:`_prolong` (``(S, h, w) -> (S, K, L)``), so the
+    V-cycle is symmetric: per axis :math:`c_I = (f_{2I-1} + 3 f_{2I} + 3 f_{2I+1} +
+    f_{2I+2}) / 4`, the ends repeated, i.e. the ``[1, 2, 1]`` stencil then 2x2 means."""
+    f = F.pad(f, (0, 2 * l_ - f.shape[-1], 0, 2 * k - f.shape[-2]))
+    p = F.pad(f[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    v = (p[..., :-2] + p[..., 2:]).add_(p[..., 1:-1], alpha=2)
+    s = (v[..., :-2, :] + v[..., 2:, :]).add_(v[..., 1:-1, :], alpha=2)
+    return F.avg_pool2d(s[:, None], 2)[:, 0].mul_(0.25)
 
 
 class _Levels:
@@ -123,10 +121,8 @@ class _Levels:
             h, w = r.shape[-2:]
             mc = self.m[level + 1]
             res = r - self.apply(z, level)
-            rc = _restrict(_restrict(res, mc.shape[-1]).transpose(-1, -2), mc.shape[-2])
-            zc = self.vcycle(rc.transpose(-1, -2) * mc, level + 1)
-            up = _prolong(_prolong(zc, w).transpose(-1, -2), h).transpose(-1, -2)
-            z = z + up * self.m[level]
+            zc = self.vcycle(_restrict(res, *mc.shape[-2:]).mul_(mc), level + 1)
+            z = z.addcmul_(_prolong(zc, h, w), self.m[level])
         else:
             for _ in range(COARSE_SWEEPS):
                 z = z + dinv * (r - self.apply(z, level))
