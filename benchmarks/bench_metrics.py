@@ -20,7 +20,7 @@ import torch
 
 from dnnbrain.demo.shapes import make_dataset
 from dnnbrain.dnn.algo import VanillaSaliencyImage, saliency
-from dnnbrain.dnn.models import ShapeNet
+from dnnbrain.dnn.models import DNN, ShapeNet
 from dnnbrain.metrics import (average_saliency_focus, boxes_to_mask, deletion_insertion,
                               edge_detector_map, model_randomisation, pointing_game,
                               proportional_energy, relevance_rank_accuracy, road)
@@ -46,6 +46,18 @@ def true_class_maps(dnn, x: torch.Tensor, units: np.ndarray, method: str = "vani
         out = np.zeros((len(x),) + m.shape[1:], np.float32) if out is None else out
         out[idx] = m
     return out
+
+
+class _Resize(torch.nn.Module):
+    """Bilinear resize of ``(B, C, H, W)`` to ``size`` x ``size``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x, size=(self.size, self.size),
+                                               mode="bilinear", antialias=True)
 
 
 class _QuantusPixelROAD:
@@ -79,9 +91,13 @@ class _QuantusPixelROAD:
 def road_vs_quantus(args: argparse.Namespace) -> int:
     """ROAD MoRF of dnnbrain against Quantus's on the same images, maps and model.
 
-    AlexNet with random weights (seeded) at 224 px, generated shape images, maps = the
-    magnitude of the vanilla gradient of the predicted class, made tie-free (replaced by
-    their ranks) so both rank pixels identically; percentages 12.5 % ... 87.5 %, where
+    ``--net shapenet224`` (default): the shipped, trained ShapeNet behind a bilinear
+    224 -> 64 px resize, on generated shape images upsampled to 224 px (a model whose
+    predictions change as the shape is removed: informative curves, cheap forwards);
+    ``--net alexnet``: AlexNet with random weights (seeded; it predicts one class for
+    every image, so the curve is flat at 1, but its forwards cost what a real network's
+    do). Maps = the magnitude of the vanilla gradient of the predicted class, made
+    tie-free (replaced by their ranks) so both rank pixels identically; percentages 12.5 % ... 87.5 %, where
     Quantus's ``floor(p HW)`` and dnnbrain's ``round(p HW)`` agree. Both score the same
     thing: does the class predicted for the original image survive (Quantus's ROAD
     value); dnnbrain through a callable returning the one-hot prediction. Noise 0 on both
@@ -92,20 +108,27 @@ def road_vs_quantus(args: argparse.Namespace) -> int:
     from dnnbrain.metrics import linear_impute_batch
 
     torch.manual_seed(args.seed)
-    dnn = AlexNet(pretrained=False)
-    net = dnn.model.eval()
     images, _, _, _ = make_dataset(args.n, args.seed)
-    x = dnn.test_transform.batch(list(images))
+    if args.net == "alexnet":
+        dnn = AlexNet(pretrained=False)
+        x = dnn.test_transform.batch(list(images))
+    else:
+        small = ShapeNet()
+        x = torch.nn.functional.interpolate(small.test_transform.batch(list(images)),
+                                            size=(224, 224), mode="bilinear")
+        dnn = DNN(torch.nn.Sequential(_Resize(small.img_size), small.model),
+                  test_transform=None)
+    net = dnn.model.eval()
     with torch.no_grad():
         pred = torch.cat([net(x[i:i + 32]).argmax(1) for i in range(0, len(x), 32)])
-    grads = true_class_maps(dnn, x, pred.numpy() + 1, layer="fc3")
+    grads = true_class_maps(dnn, x, pred.numpy() + 1, layer=dnn.layers[-1])
     mag = np.abs(grads).sum(1).reshape(len(x), -1)
     rank = np.empty_like(mag)
     np.put_along_axis(rank, np.argsort(mag, 1, kind="stable"),
                       np.arange(mag.shape[1], dtype=mag.dtype)[None], 1)
     maps = rank.reshape(len(x), 1, *x.shape[2:]) + 1
     pcts = [12.5 * k for k in range(1, 8)]
-    n_cls = 1000
+    n_cls = int(net(x[:1]).shape[1])
 
     def predicted_one_hot(t: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -134,7 +157,7 @@ def road_vs_quantus(args: argparse.Namespace) -> int:
                                             order[i, :cnt], noise=0.0)
             diff = max(diff, float(np.abs(mine[i] - q).max()))
     span = float(x.max() - x.min())
-    print(f"ROAD MoRF, {args.n} maps, AlexNet (random weights) {h}x{w}, {len(pcts)} "  # noqa: T201
+    print(f"ROAD MoRF, {args.n} maps, {args.net} {h}x{w}, {len(pcts)} "  # noqa: T201
           f"percentages, {torch.get_num_threads()} thread(s)\n"
           f"{'':10} {'total s':>8} {'ms/map':>8}  curve (share of predictions kept)\n"
           f"{'dnnbrain':10} {t_ours:8.2f} {1000 * t_ours / args.n:8.1f}  "
@@ -159,7 +182,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=128, help="perturbed images per pass")
     p.add_argument("--seed", type=int, default=7, help="seed of the generated images")
     p.add_argument("--quantus", action="store_true",
-                   help="compare ROAD with Quantus's on AlexNet at 224 px instead")
+                   help="compare ROAD with Quantus's at 224 px instead")
+    p.add_argument("--net", choices=("shapenet224", "alexnet"), default="shapenet224",
+                   help="network of --quantus (default shapenet224)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)

@@ -46,7 +46,7 @@ def test_batch_equals_sparse_direct_solve(n, c, h, w):
     got = linear_impute_batch(x, m)
     ref = _reference(x, m)
     span = float(x.max() - x.min())
-    assert np.abs(got.numpy() - ref).max() <= 1e-6 * span        # brief: 1e-4 of range
+    assert np.abs(got.numpy() - ref).max() <= 1e-5 * span        # brief: 1e-4 of range
     torch.testing.assert_close(x, before)                          # input untouched
     assert torch.equal(got[~m[:, None].expand_as(x)], x[~m[:, None].expand_as(x)])
     assert got.dtype == x.dtype
@@ -95,7 +95,8 @@ def test_noise_is_seeded_per_image():
     a = noisy_linear_impute_batch(x, m, noise=0.1, seed=seeds)
     one = torch.cat([noisy_linear_impute_batch(x[i:i + 1], m[i:i + 1], 0.1, [s])
                      for i, s in enumerate(seeds)])
-    torch.testing.assert_close(a, one, rtol=0, atol=1e-6)          # batch == one by one
+    span = float(x.max() - x.min())                                # batch == one by one,
+    torch.testing.assert_close(a, one, rtol=0, atol=1e-5 * span)   # to the solver's rtol
     clean = linear_impute_batch(x, m)
     diff = (a - clean)[m[:, None].expand_as(x)]
     assert diff.std().item() == pytest.approx(0.1, rel=0.15)
@@ -155,4 +156,4 @@ def test_agrees_with_quantus_noise_free():
         idx = np.flatnonzero(m[i].numpy().ravel())
         want = perturb.noisy_linear_imputation(x[i].numpy().astype(np.float64), idx,
                                                noise=0.0)
-        np.testing.assert_allclose(got[i], want, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got[i], want, atol=1e-5 * float(x.max() - x.min()), rtol=0)
