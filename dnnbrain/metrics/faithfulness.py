@@ -180,7 +180,7 @@ def road(model: Any, images: Any, maps: Any,
     The images of a chunk are imputed at all percentages at once on the scorer's device
     (:func:`~dnnbrain.metrics.imputation_batch.noisy_linear_impute_batch`: one batched
     multigrid-preconditioned conjugate-gradient solve, equal to the sparse direct solve of
-    :func:`~dnnbrain.metrics.imputation.noisy_linear_impute` to about 1e-7 of the image
+    :func:`~dnnbrain.metrics.imputation.noisy_linear_impute` within 2e-5 of the image
     range), then scored ``batch_size`` at a time. The noise of image ``i`` at percentage
     ``j`` comes from its own seed (derived from ``seed``), drawn on the device.
     """
@@ -204,25 +204,19 @@ def road(model: Any, images: Any, maps: Any,
     xd = x.to(dev)
     step = max(1, ROAD_CHUNK // (n_p * c * h * w))  # images imputed at once
     log.info("ROAD %s: %d images x %d percentages, %d images at once", order, n, n_p, step)
-    outs = []
-    with torch.no_grad():
-        for i0 in tqdm(range(0, n, step), desc=f"ROAD {order}", leave=False, disable=None):
-            idx = np.arange(i0, min(i0 + step, n))
-            removed = (rank[idx, None] < counts[:, None, None]).flatten(0, 1)
-            imgs = noisy_linear_impute_batch(
-                xd[idx].repeat_interleave(n_p, 0), removed, noise,
-                seeds[idx].ravel().tolist())
-            rows = idx.repeat(n_p)
-            for b0 in range(0, len(imgs), batch_size):
-                out = scorer(imgs[b0:b0 + batch_size], rows[b0:b0 + batch_size])
-                if out.shape != (len(imgs[b0:b0 + batch_size]),):
-                    raise ValueError(f"the score must be ({len(imgs[b0:b0 + batch_size])},), "
-                                     f"got {tuple(out.shape)}")
-                outs.append(out.detach())
-    scores = torch.cat(outs).to("cpu", torch.float64).numpy()
+    scores = []
+    for i0 in tqdm(range(0, n, step), desc=f"ROAD {order}", leave=False, disable=None):
+        idx = np.arange(i0, min(i0 + step, n))
+        removed = (rank[idx, None] < counts[:, None, None]).flatten(0, 1)
+        imgs = noisy_linear_impute_batch(xd[idx].repeat_interleave(n_p, 0), removed, noise,
+                                         seeds[idx].ravel().tolist())
+        rows = idx.repeat(n_p)
+        scores.append(score_rows(scorer, lambda a, b: (imgs[a:b], rows[a:b]), len(imgs),
+                                 batch_size, f"ROAD {order} scores"))
     original = score_rows(scorer, lambda a, b: (xd[a:b], np.arange(a, b)), n, batch_size,
                           "original")
-    return PerturbationCurves(f"road-{order}", pcts, scores.reshape(n, n_p), original)
+    return PerturbationCurves(f"road-{order}", pcts, np.concatenate(scores).reshape(n, n_p),
+                              original)
 
 
 def _ranks(pix: np.ndarray, h: int, w: int, dev: torch.device) -> torch.Tensor:
