@@ -61,10 +61,11 @@ class _Resize(torch.nn.Module):
 
 
 class _QuantusPixelROAD:
-    """Quantus's ROAD loop (``quantus.ROAD.evaluate_batch``, 0.6.0) with one fix: the
-    ranking is over the ``H*W`` pixels of an ``(N, 1, H, W)`` map. Quantus broadcasts the
+    """Quantus's ROAD loop (``quantus.ROAD.evaluate_batch``, 0.6.0) with two fixes: the
+    ranking is over the ``H*W`` pixels of an ``(N, 1, H, W)`` map (Quantus broadcasts the
     map to ``(N, 3, H, W)`` and ranks ``3 H W`` entries whose indices then overflow its
-    own ``H*W`` pixel mask (IndexError on any RGB image). Imputation (Quantus's
+    own ``H*W`` pixel mask: IndexError on any RGB image), and the curve averages every
+    batch (Quantus's ``custom_postprocess`` averages the first batch only). Imputation (Quantus's
     ``noisy_linear_imputation``), model wrapper and scoring are Quantus's own."""
 
     @staticmethod
@@ -83,6 +84,10 @@ class _QuantusPixelROAD:
                                            batched=True)
                     results.append(y_batch == np.argmax(model.predict(xi), axis=-1))
                 return [np.stack(results, axis=1).astype(int)]
+
+            def custom_postprocess(self, **kwargs):  # Quantus averages batch 0 only
+                self.per_image = np.concatenate(self.evaluation_scores)
+                self.evaluation_scores = dict(zip(self.percentages, self.per_image.mean(0)))
 
         return PixelROAD(noise=noise, percentages=percentages, disable_warnings=True,
                          display_progressbar=False)
@@ -157,6 +162,7 @@ def road_vs_quantus(args: argparse.Namespace) -> int:
                                             order[i, :cnt], noise=0.0)
             diff = max(diff, float(np.abs(mine[i] - q).max()))
     span = float(x.max() - x.min())
+    n_diff = int((ours.scores != metric.per_image).sum())
     print(f"ROAD MoRF, {args.n} maps, {args.net} {h}x{w}, {len(pcts)} "  # noqa: T201
           f"percentages, {torch.get_num_threads()} thread(s)\n"
           f"{'':10} {'total s':>8} {'ms/map':>8}  curve (share of predictions kept)\n"
@@ -165,7 +171,9 @@ def road_vs_quantus(args: argparse.Namespace) -> int:
           f"{'quantus':10} {t_q:8.2f} {1000 * t_q / args.n:8.1f}  "
           f"{np.round(q_curve, 3).tolist()}\n"
           f"speed-up {t_q / t_ours:.1f}x; max |curve difference| "
-          f"{np.abs(ours.mean_curve - q_curve).max():.3g}; max |imputation difference| "
+          f"{np.abs(ours.mean_curve - q_curve).max():.3g} ({n_diff} of {ours.scores.size} "
+          f"image x percentage outcomes differ); max "
+          f"|imputation difference| "
           f"over {k} images x {len(pcts)} percentages {diff:.3g} ({diff / span:.2g} of "
           f"the input range {span:.2f})")
     return 0

@@ -157,3 +157,17 @@ def test_agrees_with_quantus_noise_free():
         want = perturb.noisy_linear_imputation(x[i].numpy().astype(np.float64), idx,
                                                noise=0.0)
         np.testing.assert_allclose(got[i], want, atol=1e-5 * float(x.max() - x.min()), rtol=0)
+
+
+@pytest.mark.parametrize("h, w", [(10, 8), (9, 7), (33, 20)])
+def test_transfer_operators_are_adjoint(h, w):
+    """Restriction is the exact transpose of prolongation (the V-cycle stays symmetric,
+    which conjugate gradients need)."""
+    from dnnbrain.metrics.imputation_batch import _prolong, _restrict
+    gen = torch.Generator().manual_seed(h * w)
+    k, l_ = (h + 1) // 2, (w + 1) // 2
+    c = torch.randn(2, k, l_, generator=gen, dtype=torch.float64)
+    f = torch.randn(2, h, w, generator=gen, dtype=torch.float64)
+    lhs = (_prolong(c, h, w) * f).sum()
+    assert lhs.item() == pytest.approx((c * _restrict(f, k, l_)).sum().item(), abs=1e-12)
+    assert _prolong(torch.ones(1, k, l_, dtype=torch.float64), h, w).eq(1).all()

@@ -104,10 +104,8 @@ def _restrict(f: torch.Tensor, k: int, l_: int) -> torch.Tensor:
     V-cycle is symmetric: per axis :math:`c_I = (f_{2I-1} + 3 f_{2I} + 3 f_{2I+1} +
     f_{2I+2}) / 4`, the ends repeated, i.e. the ``[1, 2, 1]`` stencil then 2x2 means."""
     f = F.pad(f, (0, 2 * l_ - f.shape[-1], 0, 2 * k - f.shape[-2]))
-    p = F.pad(f[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-    v = (p[..., :-2] + p[..., 2:]).add_(p[..., 1:-1], alpha=2)
-    s = (v[..., :-2, :] + v[..., 2:, :]).add_(v[..., 1:-1, :], alpha=2)
-    return F.avg_pool2d(s[:, None], 2)[:, 0].mul_(0.25)
+    s = _smooth(F.pad(f[:, None], (1, 1, 1, 1), mode="replicate"))[..., 1:-1, 1:-1]
+    return F.avg_pool2d(s, 2)[:, 0].mul_(0.25)
 
 
 class _Levels:
