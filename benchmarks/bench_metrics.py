@@ -102,10 +102,11 @@ def road_vs_quantus(args: argparse.Namespace) -> int:
     ``--net alexnet``: AlexNet with random weights (seeded; it predicts one class for
     every image, so the curve is flat at 1, but its forwards cost what a real network's
     do). Maps = the magnitude of the vanilla gradient of the predicted class, made
-    tie-free (replaced by their ranks) so both rank pixels identically; percentages 12.5 % ... 87.5 %, where
-    Quantus's ``floor(p HW)`` and dnnbrain's ``round(p HW)`` agree. Both score the same
-    thing: does the class predicted for the original image survive (Quantus's ROAD
-    value); dnnbrain through a callable returning the one-hot prediction. Noise 0 on both
+    tie-free (replaced by their ranks) so both rank pixels identically; percentages
+    12.5 % ... 87.5 %, where Quantus's ``floor(p HW)`` and dnnbrain's ``round(p HW)``
+    agree. Both score the same thing: does the class predicted for the original image
+    survive (Quantus's ROAD value); dnnbrain through a callable returning the one-hot
+    prediction. Noise 0 on both
     sides (Quantus's noise is unseeded), so the curves must be equal.
     """
     import quantus.functions.perturb_func as qpf
