@@ -17,6 +17,7 @@ Example::
 from .faithfulness import (DeletionInsertion, PerturbationCurves, deletion_insertion,
                            road)
 from .imputation import noisy_linear_impute
+from .imputation_batch import linear_impute_batch, noisy_linear_impute_batch
 from .localisation import (average_saliency_focus, boxes_to_mask, pointing_game,
                            proportional_energy, relevance_rank_accuracy,
                            saliency_magnitude)
@@ -26,6 +27,7 @@ from .scoring import make_scorer
 
 __all__ = ["saliency_magnitude", "boxes_to_mask", "proportional_energy",
            "average_saliency_focus", "pointing_game", "relevance_rank_accuracy",
-           "noisy_linear_impute", "make_scorer", "PerturbationCurves", "DeletionInsertion",
+           "noisy_linear_impute", "noisy_linear_impute_batch", "linear_impute_batch",
+           "make_scorer", "PerturbationCurves", "DeletionInsertion",
            "road", "deletion_insertion", "RandomisationStep", "model_randomisation",
            "edge_detector_map", "spearman", "map_ssim"]

@@ -1,0 +1,173 @@
+"""Batched noisy linear imputation (ROAD) against the sparse direct solve, Quantus, and
+itself one by one; batched ROAD against a loop over the reference imputation."""
+import numpy as np
+import pytest
+import torch
+
+from dnnbrain.metrics import noisy_linear_impute, road
+from dnnbrain.metrics.imputation_batch import linear_impute_batch, noisy_linear_impute_batch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _masks(n: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """Random masks of various densities and shapes, several touching the border: blobs
+    of a smooth random field, scattered pixels, a full border row and column, and all but
+    one pixel removed."""
+    gen = torch.Generator().manual_seed(seed)
+    field = torch.nn.functional.interpolate(torch.rand(n, 1, 3, 3, generator=gen),
+                                            size=(h, w), mode="bilinear")[:, 0]
+    frac = torch.linspace(0.05, 0.95, n)
+    m = torch.stack([f > torch.quantile(f, 1 - q) for f, q in zip(field, frac)])
+    if n > 1:
+        m[1] = torch.rand(h, w, generator=gen) < 0.5             # scattered pixels
+    if n > 2:
+        m[2] = False
+        m[2, 0, :] = True                                          # the top row
+        m[2, :, -1] = True                                         # and the right column
+    if n > 3:
+        m[3] = True
+        m[3, h // 2, w // 3] = False                               # one pixel left
+    return m
+
+
+def _reference(x: torch.Tensor, m: torch.Tensor) -> np.ndarray:
+    return np.stack([noisy_linear_impute(x[i].numpy(), m[i].numpy(), noise=0.0)
+                     for i in range(len(x))])
+
+
+@pytest.mark.parametrize("n, c, h, w", [(4, 3, 16, 16), (5, 3, 17, 12), (4, 1, 9, 33),
+                                        (2, 2, 40, 41)])
+def test_batch_equals_sparse_direct_solve(n, c, h, w):
+    gen = torch.Generator().manual_seed(n * h + w)
+    x = torch.randn(n, c, h, w, generator=gen) * 2 + 1
+    m = _masks(n, h, w, seed=h)
+    before = x.clone()
+    got = linear_impute_batch(x, m)
+    ref = _reference(x, m)
+    span = float(x.max() - x.min())
+    assert np.abs(got.numpy() - ref).max() <= 1e-5 * span        # brief: 1e-4 of range
+    torch.testing.assert_close(x, before)                          # input untouched
+    assert torch.equal(got[~m[:, None].expand_as(x)], x[~m[:, None].expand_as(x)])
+    assert got.dtype == x.dtype
+
+
+def test_edge_cases_and_errors():
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    none = torch.zeros(3, 8, 8, dtype=torch.bool)
+    assert torch.equal(linear_impute_batch(x, none), x)           # nothing to impute
+    flat = torch.full((1, 2, 8, 8), 3.0)                           # constant image
+    m = _masks(1, 8, 8, 1)
+    torch.testing.assert_close(linear_impute_batch(flat, m), flat)
+    every = none.clone()
+    every[1] = True
+    with pytest.raises(ValueError, match=r"`removed` covers every pixel of image\(s\) \[1\]"):
+        linear_impute_batch(x, every)
+    with pytest.raises(ValueError, match="`removed` must be a bool"):
+        linear_impute_batch(x, none[:, :4])
+    with pytest.raises(ValueError, match="`images` must be"):
+        linear_impute_batch(x[0], none[0])
+    with pytest.raises(ValueError, match="`noise`"):
+        noisy_linear_impute_batch(x, none, noise=-1.0)
+    with pytest.raises(ValueError, match="`seed`"):
+        noisy_linear_impute_batch(x, _masks(3, 8, 8, 0), seed=[1, 2])
+
+
+def test_linear_ramp_is_reproduced():
+    rows, cols = torch.meshgrid(torch.arange(12.0), torch.arange(10.0), indexing="ij")
+    x = torch.stack([cols, 2 * rows + 1, 0.5 * cols - rows])[None]  # linear per channel
+    m = torch.zeros(1, 12, 10, dtype=torch.bool)
+    m[0, 3:9, 2:7] = True
+    m[0, 5, 8] = True                                              # beside the border
+    torch.testing.assert_close(linear_impute_batch(x, m), x, atol=1e-5, rtol=0)
+    corner = torch.zeros_like(m)
+    corner[0, 0, 0] = True                                         # neighbours only
+    got = linear_impute_batch(x, corner)[0, 0, 0, 0].item()
+    assert got == pytest.approx((1 / 6 * 1 + 1 / 6 * 0 + 1 / 12 * 1) / (5 / 12))
+
+
+def test_noise_is_seeded_per_image():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 12, 12, generator=gen)
+    m = _masks(4, 12, 12, 2)
+    m[3] = m[0]
+    seeds = [5, 6, 7, 8]
+    a = noisy_linear_impute_batch(x, m, noise=0.1, seed=seeds)
+    one = torch.cat([noisy_linear_impute_batch(x[i:i + 1], m[i:i + 1], 0.1, [s])
+                     for i, s in enumerate(seeds)])
+    span = float(x.max() - x.min())                                # batch == one by one,
+    torch.testing.assert_close(a, one, rtol=0, atol=1e-5 * span)   # to the solver's rtol
+    clean = linear_impute_batch(x, m)
+    diff = (a - clean)[m[:, None].expand_as(x)]
+    assert diff.std().item() == pytest.approx(0.1, rel=0.15)
+    assert torch.equal(a[~m[:, None].expand_as(x)], x[~m[:, None].expand_as(x)])
+    b = noisy_linear_impute_batch(x, m, noise=0.1, seed=[5, 6, 7, 9])
+    assert torch.equal(a[:3], b[:3]) and not torch.equal(a[3], b[3])
+    c = noisy_linear_impute_batch(x, m, noise=0.1, seed=3)
+    torch.testing.assert_close(c, noisy_linear_impute_batch(x, m, noise=0.1, seed=3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_agnostic(device):
+    x = torch.randn(3, 3, 20, 18, generator=torch.Generator().manual_seed(3))
+    m = _masks(3, 20, 18, 4)
+    got = linear_impute_batch(x.to(device), m.to(device))
+    assert got.device.type == device
+    ref = linear_impute_batch(x, m)
+    torch.testing.assert_close(got.cpu(), ref, atol=1e-5, rtol=0)
+
+
+def _score(x: torch.Tensor) -> torch.Tensor:
+    return x[:, :, 2:7, 3:9].mean((1, 2, 3)) - 0.5 * x[:, 1, -3:, :].mean((1, 2))
+
+
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+def test_road_equals_reference_loop_and_one_by_one(order):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(5, 3, 15, 14, generator=gen)
+    maps = torch.rand(5, 15, 14, generator=gen).numpy()             # no ties
+    pcts = (0.0, 0.25, 0.5, 0.9)
+    res = road(_score, x, maps, pcts, order, noise=0.0, batch_size=3)
+    want = np.zeros((5, len(pcts)))
+    for i in range(5):
+        rank = np.argsort(-maps[i].ravel() if order == "morf" else maps[i].ravel())
+        for j, p in enumerate(pcts):
+            rem = np.zeros(15 * 14, bool)
+            rem[rank[:int(round(p * 15 * 14))]] = True
+            img = noisy_linear_impute(x[i].numpy(), rem.reshape(15, 14), noise=0.0)
+            want[i, j] = _score(torch.from_numpy(img)[None]).item()
+    np.testing.assert_allclose(res.scores, want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(res.original, _score(x).numpy(), atol=1e-6)
+    one = np.concatenate([road(_score, x[i:i + 1], maps[i:i + 1], pcts, order, noise=0.0,
+                               batch_size=1).scores for i in range(5)])
+    np.testing.assert_allclose(res.scores, one, atol=1e-6, rtol=0)
+    noisy = [road(_score, x, maps, pcts, order, seed=2, batch_size=b).scores for b in (1, 7)]
+    np.testing.assert_allclose(noisy[0], noisy[1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow  # importing quantus alone takes seconds
+def test_agrees_with_quantus_noise_free():
+    perturb = pytest.importorskip("quantus.functions.perturb_func")
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(4, 3, 24, 21, generator=gen)
+    m = _masks(4, 24, 21, 5)
+    got = linear_impute_batch(x, m).numpy()
+    for i in range(4):
+        idx = np.flatnonzero(m[i].numpy().ravel())
+        want = perturb.noisy_linear_imputation(x[i].numpy().astype(np.float64), idx,
+                                               noise=0.0)
+        np.testing.assert_allclose(got[i], want, atol=1e-5 * float(x.max() - x.min()), rtol=0)
+
+
+@pytest.mark.parametrize("h, w", [(10, 8), (9, 7), (33, 20)])
+def test_transfer_operators_are_adjoint(h, w):
+    """Restriction is the exact transpose of prolongation (the V-cycle stays symmetric,
+    which conjugate gradients need)."""
+    from dnnbrain.metrics.imputation_batch import _prolong, _restrict
+    gen = torch.Generator().manual_seed(h * w)
+    k, l_ = (h + 1) // 2, (w + 1) // 2
+    c = torch.randn(2, k, l_, generator=gen, dtype=torch.float64)
+    f = torch.randn(2, h, w, generator=gen, dtype=torch.float64)
+    lhs = (_prolong(c, h, w) * f).sum()
+    assert lhs.item() == pytest.approx((c * _restrict(f, k, l_)).sum().item(), abs=1e-12)
+    assert _prolong(torch.ones(1, k, l_, dtype=torch.float64), h, w).eq(1).all()
