@@ -97,7 +97,10 @@ def test_label_unit_in_other_method_families(shapenet, demo_stim, x12, method):
     for i in range(3):
         one = saliency(shapenet, x12[i:i + 1], method=method, layer="fc2",
                        unit=int(lab[i]) + 1, preprocessed=True, **kw)
-        np.testing.assert_allclose(got[i], one[0], rtol=1e-4, atol=1e-6)
+        # float32 rounding differs between a pass of 3 images and of 1: score differences
+        # (occlusion) agree to a small fraction of the map's range, not to 1e-6 absolute
+        np.testing.assert_allclose(got[i], one[0], rtol=1e-4,
+                                   atol=1e-5 * max(1e-6, float(np.abs(one[0]).max())))
 
 
 def test_unit_base_zero_shifts_every_number_once(shapenet, x12):

@@ -39,11 +39,12 @@ def ref(cfg_file, tmp_path_factory):
 
 
 def tree(root, skip=".part"):
-    """Every file under ``root`` -> bytes; the resolved config without ``outputs.dir``."""
+    """Every file under ``root`` -> bytes; the resolved config without ``outputs.dir``;
+    the empty lock files aside (not outputs)."""
     out = {}
     for p in Path(root).rglob("*"):
         rel = p.relative_to(root).as_posix()
-        if not p.is_file() or skip in rel:
+        if not p.is_file() or skip in rel or p.name.startswith(".lock"):
             continue
         if p.name == "config.resolved.yaml":
             cfg = yaml.safe_load(p.read_text())
