@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     written = 0
     for u, chn in enumerate(result.units):
         for which in ("top", "bottom") if args.bottom else ("top",):
-            ranking = result.top if which == "top" else result.bottom
+            ranking = result.ranking(which)
             stem = out / f"{name}_chn{chn}_{which}{args.top}"
             selection_table(stim, result, u, which).write(f"{stem}.stim.csv")
             fig = unit_montage(dnn, source, ranking.index[u], ranking.value[u],

@@ -137,15 +137,20 @@ class TopStimuli:
     bottom: Optional[Ranking] = None
     values: Optional[np.ndarray] = None
 
-    def selected_ids(self, unit: int = 0, which: str = "top") -> List[str]:
-        """Stimulus ids of row ``unit`` (from 0) of ranking ``which``, best first."""
+    def ranking(self, which: str = "top") -> Ranking:
+        """The ranking ``which`` (``'top'`` or ``'bottom'``); ValueError for another name
+        or for ``'bottom'`` when it was not asked for."""
         if which not in ("top", "bottom"):
             raise ValueError(f"`which` must be 'top' or 'bottom', got {which!r}")
         ranking = self.top if which == "top" else self.bottom
         if ranking is None:
             raise ValueError("`which` 'bottom': no bottom ranking; pass bottom=True to "
                              "top_stimuli")
-        return [self.ids[i] for i in ranking.index[unit]]
+        return ranking
+
+    def selected_ids(self, unit: int = 0, which: str = "top") -> List[str]:
+        """Stimulus ids of row ``unit`` (from 0) of ranking ``which``, best first."""
+        return [self.ids[i] for i in self.ranking(which).index[unit]]
 
 
 def _values(act: torch.Tensor, reduce: str, spatial: bool) -> tuple:
@@ -257,12 +262,7 @@ def selection_table(stim: Stimulus, result: TopStimuli, unit: int,
     ``which``, best first, as a stimulus table (DNNBrain's ``.stim.csv``): every column of
     ``stim`` plus ``value`` (float64) and, for a channel of a map, the ``row``/``col`` of
     its maximum (from 1)."""
-    if which not in ("top", "bottom"):
-        raise ValueError(f"`which` must be 'top' or 'bottom', got {which!r}")
-    ranking = result.top if which == "top" else result.bottom
-    if ranking is None:
-        raise ValueError("`which` 'bottom': no bottom ranking; pass bottom=True to "
-                         "top_stimuli")
+    ranking = result.ranking(which)
     sub = stim[ranking.index[unit]]
     data = {k: v for k, v in sub.data.items() if k not in ("value", "row", "col")}
     data["value"] = ranking.value[unit].astype(np.float64)
