@@ -19,7 +19,7 @@ from PIL import Image
 
 from dnnbrain.batch.store import write_manifest
 from dnnbrain.cli.saliency_eval import main
-from dnnbrain.evaluate import METRICS, check_options, evaluate_run
+from dnnbrain.evaluate import METRICS, check_options, compute, evaluate_run
 from dnnbrain.io.stim import Stimulus, demo_stimulus_file
 from dnnbrain.metrics import (average_saliency_focus, boxes_to_mask, pointing_game,
                               proportional_energy, relevance_rank_accuracy)
@@ -320,3 +320,41 @@ def test_localisation_error_bars_are_the_tables_std_and_say_so(tmp_path):
         half = (seg[1][1] - seg[0][1]) / 2
         assert half == pytest.approx(s["std"] or 0.0)  # the table's +- (sample std)
     assert "± sample std" in res["table"]
+
+
+def test_identical_maps_of_one_unit_are_scored_once(tmp_path, monkeypatch):
+    """A `predicted` target's map equal (bytes) to a listed class's map of the same unit
+    and stimulus takes its ROAD and deletion/insertion results instead of being scored
+    again; a map that differs is scored."""
+    root, stim = _fake_run(tmp_path / "run", n=3)
+    cfg = yaml.safe_load((root / "config.resolved.yaml").read_text(encoding="utf-8"))
+    cfg["targets"].append({"layer": "fc2", "units": ["predicted"], "reduce": "mean"})
+    (root / "config.resolved.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for i in range(3):  # copies of the 'box' maps as target 1's; stimulus 2's altered
+        src = next(r for r in rows if r["method"] == "box" and r["stimulus"] == stim.ids[i])
+        m = np.load(root / src["npy"])
+        if i == 2:
+            m[0, 0] += 1
+        rel = f"box/fc2/unitpred/{stim.ids[i][:-4]}.npy"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(root / rel, m)
+        rows.append(dict(src, target="1", requested_unit="predicted", npy=rel))
+    write_manifest(root / "manifest.csv", rows, ["npy"])
+    scored = []
+    real = compute.faithfulness
+
+    def counting(dnn, layer, reduce, units, x, mag, *a, **k):
+        scored.append(len(mag))
+        return real(dnn, layer, reduce, units, x, mag, *a, **k)
+    monkeypatch.setattr("dnnbrain.evaluate.compute.faithfulness", counting)
+    res = evaluate_run(root, metrics=["road", "deletion_insertion"], road_percentages=(0.5,),
+                       n_steps=4, plots=False, progress=False, out_dir=tmp_path / "ev")
+    assert scored == [3, 3, 1]  # box, flat, altered one
+    by = {(m["target"], m["method"], m["stimulus"]): m for m in res["maps"]}
+    for i in range(3):
+        a, b = by[0, "box", stim.ids[i]], by[1, "box", stim.ids[i]]
+        same = a["road"] == b["road"] and a["deletion_insertion"] == b["deletion_insertion"]
+        assert same == (i < 2)
+        assert b["road"]["original"] == pytest.approx(a["road"]["original"])

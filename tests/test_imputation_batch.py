@@ -171,3 +171,29 @@ def test_transfer_operators_are_adjoint(h, w):
     lhs = (_prolong(c, h, w) * f).sum()
     assert lhs.item() == pytest.approx((c * _restrict(f, k, l_)).sum().item(), abs=1e-12)
     assert _prolong(torch.ones(1, k, l_, dtype=torch.float64), h, w).eq(1).all()
+    # the separable slices are the cell-centred bilinear interpolation of a 2x grid
+    up = torch.nn.functional.interpolate(c[:, None], size=(2 * k, 2 * l_), mode="bilinear",
+                                         align_corners=False)[:, 0, :h, :w]
+    torch.testing.assert_close(_prolong(c, h, w), up, rtol=0, atol=1e-12)
+
+
+def test_chunks_solved_side_by_side_equal_one_by_one(monkeypatch):
+    """With several torch threads the CPU solve runs its chunks in a thread pool, one
+    intra-op thread each: the same values as solving them one after the other, and the
+    caller's thread count is restored."""
+    from dnnbrain.metrics import imputation_batch
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, 16, 16, generator=gen)
+    m = _masks(6, 16, 16, seed=4)
+    monkeypatch.setitem(imputation_batch.CHUNK, "cpu", 2 * 16 * 16)  # 9 chunks
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = linear_impute_batch(x, m)
+        torch.set_num_threads(3)
+        pooled = linear_impute_batch(x, m)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(serial, pooled)
+    assert np.abs(serial.numpy() - _reference(x, m)).max() <= 1e-5 * float(x.max() - x.min())

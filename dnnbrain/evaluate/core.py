@@ -1,6 +1,8 @@
 """:func:`evaluate_run`: every metric over the maps of a ``dnn_saliency_batch`` run."""
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import os
 import time
@@ -116,6 +118,7 @@ def _per_map(run: Run, dnn: Any, groups: Dict[Key, List[int]], records: List[Dic
         return xs
     stims = sorted({run.index[r["stimulus"]] for r in run.rows})
     masks: Dict[Tuple[int, Tuple[int, ...]], Optional[np.ndarray]] = {}
+    seen: Dict[Tuple[Any, ...], int] = {}  # a map's unit and digest -> its first row
     bar = tqdm(total=len(run.rows), desc="evaluate", unit="map", dynamic_ncols=True,
                disable=None if progress is None else not progress)
     try:
@@ -130,16 +133,8 @@ def _per_map(run: Run, dnn: Any, groups: Dict[Key, List[int]], records: List[Dic
                     if loc:
                         _localise(run, sel, maps, records, masks, opts)
                     if faith:
-                        xi = x[[pos[run.index[run.rows[r]["stimulus"]]] for r in sel]]
-                        units = [parse_unit(run.rows[r]["unit"]) for r in sel]
-                        row0 = run.rows[sel[0]]
-                        mag = compute.magnitudes(maps, tuple(xi.shape[2:]),
-                                                 f"{label} on targets[{t}]")
-                        curves = compute.faithfulness(dnn, row0["layer"], row0["reduce"],
-                                                      units, xi, mag, opts, _call(run, t))
-                        for k, r in enumerate(sel):
-                            records[r].update(compute.curve_record(curves, k))
-                        xs.update({k: c.x.tolist() for k, c in curves.items()})
+                        xs.update(_faithfulness(run, dnn, t, label, sel, maps, x, pos,
+                                                records, seen, opts))
                     bar.update(len(sel))
     finally:
         bar.close()
@@ -148,6 +143,47 @@ def _per_map(run: Run, dnn: Any, groups: Dict[Key, List[int]], records: List[Dic
         log.warning("%d stimuli have no ground truth (boxes or mask): localisation skipped "
                     "for their maps: %s%s", len(names), names[:5],
                     " ..." if len(names) > 5 else "")
+    return xs
+
+
+def _map_key(run: Run, r: int, t: int, m: np.ndarray) -> Tuple[Any, ...]:
+    """What a map's faithfulness depends on: stimulus, layer, reduction, unit, call and
+    the map's bytes (a digest)."""
+    row = run.rows[r]
+    digest = hashlib.blake2b(np.ascontiguousarray(m).tobytes(), digest_size=16).digest()
+    return (row["stimulus"], row["layer"], row["reduce"], row["unit"], str(_call(run, t)),
+            m.dtype.str, m.shape, digest)
+
+
+def _faithfulness(run: Run, dnn: Any, t: int, label: str, sel: List[int],
+                  maps: List[np.ndarray], x: torch.Tensor, pos: Dict[int, int],
+                  records: List[Dict], seen: Dict[Tuple[Any, ...], int],
+                  opts: Options) -> Dict[str, List[float]]:
+    """ROAD and deletion/insertion of the maps of manifest rows ``sel`` (one target and
+    method) into ``records``; a map identical to one already scored for the same unit
+    (a ``predicted`` target's map of a class also listed) takes that map's results.
+    Returns the curves' x."""
+    keys = [_map_key(run, r, t, m) for r, m in zip(sel, maps)]
+    new = [k for k, key in enumerate(keys) if key not in seen and keys.index(key) == k]
+    xs: Dict[str, List[float]] = {}
+    if new:
+        rows = [sel[k] for k in new]
+        xi = x[[pos[run.index[run.rows[r]["stimulus"]]] for r in rows]]
+        units = [parse_unit(run.rows[r]["unit"]) for r in rows]
+        row0 = run.rows[rows[0]]
+        mag = compute.magnitudes([maps[k] for k in new], tuple(xi.shape[2:]),
+                                 f"{label} on targets[{t}]")
+        curves = compute.faithfulness(dnn, row0["layer"], row0["reduce"], units, xi, mag,
+                                      opts, _call(run, t))
+        for j, (k, r) in enumerate(zip(new, rows)):
+            records[r].update(compute.curve_record(curves, j))
+            seen[keys[k]] = r
+        xs = {name: c.x.tolist() for name, c in curves.items()}
+    for key, r in zip(keys, sel):
+        if seen[key] != r:
+            first = records[seen[key]]
+            records[r].update({f: copy.deepcopy(first[f]) for f in ("road", "deletion_insertion")
+                               if f in first})
     return xs
 
 
