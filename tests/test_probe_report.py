@@ -206,8 +206,16 @@ def test_yaml_probe_section_validated_before_work(tmp_path):
                  "method 'gradcam'", "probe.dir: must be a relative folder"):
         assert line in text, text
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ValueError, match="probe.dir: 'vanilla' is a folder the run writes"):
-        load_config(dict(cfg, probe={"layer": "conv4", "units": 3, "dir": "vanilla"}))
+    for where, clash, extra in (("vanilla", "vanilla", {}), ("eval/units", "eval", {}),
+                                ("manifest.csv", "manifest.csv", {}),
+                                ("results", "results/eval",
+                                 {"evaluate": {"metrics": ["localisation"],
+                                               "out_dir": "results/eval"}})):
+        with pytest.raises(ValueError, match=f"probe.dir: '{where}' is, holds or lies in "
+                                             f"'{clash}', which the run writes"):
+            load_config(dict(cfg, probe={"layer": "conv4", "units": 3, "dir": where}, **extra))
+    assert load_config(dict(cfg, probe={"layer": "conv4", "units": 3, "dir": "evaluation"})
+                       )["probe"]["dir"] == "evaluation"  # a name that only begins alike
     good = dict(cfg, probe={"layer": "conv4", "units": 3})
     resolved = load_config(good)["probe"]
     assert resolved == {"layer": "conv4", "units": [3], "k": 8, "reduce": "max",

@@ -27,6 +27,8 @@ from ..io.images import image_size
 from ..io.stim import IMAGE_EXTENSIONS, Stimulus
 from . import checks, network
 from .build import build_model
+from .gallery import INDEX_NAME
+from .store import CONFIG_NAME, MANIFEST_NAME
 from .factories import check_factory, check_kwargs
 from .probe import check_probe
 from .plan import map_stem
@@ -128,7 +130,8 @@ def prepare(source: Union[PathLike, Mapping[str, Any]], out: Optional[PathLike] 
                                     None if title is None else f"out/{title}")
     cfg["evaluate"] = _evaluate(p, top.get("evaluate"))
     taken = [m["label"] for m in cfg.get("methods") or [] if m] + [
-        "stimuli", ".progress", (cfg["evaluate"] or {}).get("out_dir") or "eval"]
+        "stimuli", ".progress", (cfg["evaluate"] or {}).get("out_dir") or "eval",
+        CONFIG_NAME, MANIFEST_NAME, INDEX_NAME]
     cfg["probe"] = check_probe(p, top.get("probe"), dnn, None if stim is None else len(stim),
                                cfg["seed"] or 0, cfg["batch_size"] or 1, taken)
     cfg["network"] = None if dnn is None else network.record(cfg["model"], dnn)

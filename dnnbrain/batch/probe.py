@@ -86,9 +86,10 @@ def check_probe(p: Problems, value: Any, dnn: Optional[DNN], n_stimuli: Optional
     res["featvis_steps"] = integer(p, "probe.featvis_steps",
                                    d.get("featvis_steps", PROBE_DEFAULTS["featvis_steps"]), 0)
     res["dir"] = _folder(p, d.get("dir", PROBE_DEFAULTS["dir"]))
-    if res["dir"] is not None and res["dir"].split("/")[0] in taken:
-        p.add("probe.dir", f"{res['dir']!r} is a folder the run writes itself; choose "
-                           f"another than {sorted(set(taken))}")
+    clash = [] if res["dir"] is None else [t for t in taken if _nested(res["dir"], t)]
+    if clash:
+        p.add("probe.dir", f"{res['dir']!r} is, holds or lies in {clash[0]!r}, which the run "
+                           f"writes itself; choose a folder outside {sorted(set(taken))}")
         res["dir"] = None
     methods = d.get("methods", PROBE_DEFAULTS["methods"])
     if not isinstance(methods, list):
@@ -120,6 +121,13 @@ def _folder(p: Problems, value: Any) -> Optional[str]:
                            f"{value!r}")
         return None
     return path.as_posix()
+
+
+def _nested(a: str, b: str) -> bool:
+    """Whether relative paths ``a`` and ``b`` are the same or one lies inside the other."""
+    pa, pb = PurePosixPath(a).parts, PurePosixPath(b).parts
+    n = min(len(pa), len(pb))
+    return n > 0 and pa[:n] == pb[:n]
 
 
 def _record(cfg: Mapping[str, Any]) -> Dict[str, Any]:
