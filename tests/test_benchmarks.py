@@ -51,3 +51,21 @@ def test_topstim_memory_benchmark_runs(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["n"] for r in rows] == [64, 256]
     assert all(r["units"] == 64 and r["k"] == 3 and r["seconds"] > 0 for r in rows)
+
+
+def test_eval_benchmark_times_maps_and_phases(tmp_path):
+    from dnnbrain.io.stim import Stimulus, demo_stimulus_file
+    stim = Stimulus.read(demo_stimulus_file())[[0, 1]].write(tmp_path / "two.stim.csv")
+    yml = tmp_path / "tiny.yaml"
+    yml.write_text(f"model: {{name: ShapeNet, device: cpu}}\nstimuli: {stim}\n"
+                   "targets: [{layer: fc2, units: [1]}]\nmethods: [vanilla]\n"
+                   "outputs: {save: [npy]}\n", encoding="utf-8")
+    out = tmp_path / "fig.json"
+    table = run(["bench_eval.py", "--yaml", str(yml), "--out", str(tmp_path / "o"),
+                 "--json", str(out)], tmp_path)
+    fig = json.loads(out.read_text())
+    assert "x the maps" in table and fig["maps"] > 0 and fig["ratio"] > 0
+    phases = ("ROAD", "deletion/insertion", "randomisation", "localisation", "plots")
+    assert all(fig[k] > 0 for k in phases)
+    assert sum(fig[k] for k in phases) <= fig["eval"]
+    assert (tmp_path / "o" / "eval" / "metrics.json").is_file()
