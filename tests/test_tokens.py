@@ -284,21 +284,30 @@ def test_swin_t_gradcam_matches_pytorch_grad_cam(x224):
 
 
 @pytest.mark.slow
-def test_scorecam_at_224_matches_pytorch_grad_cam(vit_b16, x224):
-    """Score-CAM on vit_b_16 (at the last block's ln_1) and swin_t (at norm), class
-    target, against pytorch-grad-cam with its reshape transforms: 768 masked forwards
-    each, per library."""
-    path = "encoder.layers.encoder_layer_11.ln_1"
-    ours = ScoreCAM(vit_b16, "heads", 7, batch_size=64).backprop(x224, preprocessed=True)
-    ref = reference(ScoreCAM, vit_b16.model, vit_b16.model.get_submodule(path),
+def test_scorecam_at_224_matches_pytorch_grad_cam(x224):
+    """Score-CAM on 224-px transformers with vit_b_16's and swin_t's token grids (a ViT
+    of 16-px patches: 14 x 14 tokens and the class token, at the last block's ln_1; a
+    two-stage Swin: 28 x 28 at norm), narrow so each library's masked forwards (one per
+    channel) stay cheap, class target, against pytorch-grad-cam with its reshape
+    transforms (vit_b_16 itself: 768 masked forwards per library, 8 minutes here)."""
+    torch.manual_seed(0)
+    m = torchvision.models.VisionTransformer(image_size=224, patch_size=16, num_layers=2,
+                                             num_heads=2, hidden_dim=32, mlp_dim=64)
+    vit = DNN(_head(m, m.heads.head))
+    ours = ScoreCAM(vit, "heads", 7, batch_size=64).backprop(x224, preprocessed=True)
+    ref = reference(ScoreCAM, vit.model, vit.model.encoder.layers[-1].ln_1,
                     vit_reshape((14, 14)), x224, 7)
     np.testing.assert_allclose(minmax(ours), ref, atol=TOL)
     torch.manual_seed(0)
-    swin = DNN(torchvision.models.swin_t(weights=None).eval())
-    ours = ScoreCAM(swin, "head", 5, batch_size=64).backprop(x224, preprocessed=True)
+    swin = DNN(torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+        window_size=[7, 7]).eval())
+    cam = ScoreCAM(swin, "head", 5, batch_size=64)
+    assert cam.resolve_cam_layer(x224, preprocessed=True) == "norm"
+    ours = cam.backprop(x224, preprocessed=True)
     ref = reference(ScoreCAM, swin.model, swin.model.norm, swin_reshape, x224, 5)
     np.testing.assert_allclose(minmax(ours), ref, atol=TOL)
-    assert hook_dicts_empty(vit_b16.model) and hook_dicts_empty(swin.model)
+    assert hook_dicts_empty(vit.model) and hook_dicts_empty(swin.model)
 
 
 def test_cls_unit_text():
