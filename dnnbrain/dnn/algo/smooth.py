@@ -74,6 +74,12 @@ class SmoothGrad:
         """The target as ``(layer, unit)``."""
         return self.method.get_layer()
 
+    def clean_output(self):
+        """The base method's :meth:`SaliencyImage.clean_output`: the noisy copies are not
+        the clean input, so its ``output`` is None unless ``'predicted'`` had the clean
+        rows run to resolve it (:mod:`dnnbrain.dnn.algo.clean`)."""
+        return self.method.clean_output()
+
     @property
     def resolved_units(self):
         """The base method's :attr:`SaliencyImage.resolved_units` after a call."""
