@@ -15,7 +15,7 @@ float32 rounding (the same tensors, through the same code below).
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -53,16 +53,17 @@ def _model_input(dnn: Any, x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if cl else x
 
 
-def _outputs(dnn: Any, layers: Sequence[str], x: torch.Tensor
-             ) -> Tuple[Any, Dict[str, List[torch.Tensor]]]:
+def _outputs(dnn: Any, layers: Sequence[str], x: torch.Tensor,
+             seen: Callable[[str, torch.Tensor], Any]) -> Tuple[Any, Dict[str, list]]:
     """The whole network on ``x`` without gradients: its output (a tuple's first item)
-    and every tensor output of each of ``layers``, per call."""
-    got: Dict[str, List[torch.Tensor]] = {layer: [] for layer in layers}
+    and, per call, ``seen(layer, output)`` of every tensor output of each of ``layers``,
+    taken at once (a later in-place layer may overwrite the output)."""
+    got: Dict[str, list] = {layer: [] for layer in layers}
 
     def hook(layer: str):
         def fn(module, inputs, out):
             if isinstance(out, torch.Tensor):
-                got[layer].append(out)
+                got[layer].append(seen(layer, out))
         return fn
 
     handles = []
@@ -81,15 +82,18 @@ def forward_stats(dnn: Any, targets: Sequence[Mapping[str, Any]], x: torch.Tenso
                   labels: Optional[List[int]]) -> Tuple[List[int], Dict[int, Stats]]:
     """One forward pass of the whole network over a batch: each stimulus's predicted class
     (1-based) and every target's :func:`unit_stats` at its explained call."""
-    logits, got = _outputs(dnn, list(dict.fromkeys(t["layer"] for t in targets)), x)
+    def seen(layer: str, out: torch.Tensor) -> Dict[int, Stats]:
+        return {t: unit_stats(dnn, tg, out, x, labels) for t, tg in enumerate(targets)
+                if tg["layer"] == layer}
+
+    logits, got = _outputs(dnn, list(dict.fromkeys(t["layer"] for t in targets)), x, seen)
     stats, missing = {}, []
     for t, tg in enumerate(targets):
         calls = got[tg["layer"]]
         if not calls:
             missing.append(f"targets[{t}] ({tg['layer']!r})")
             continue
-        out = calls[call_index(tg.get("call"), len(calls), tg["layer"]) - 1]
-        stats[t] = unit_stats(dnn, tg, out, x, labels)
+        stats[t] = calls[call_index(tg.get("call"), len(calls), tg["layer"]) - 1][t]
     if missing:
         raise ValueError(f"{', '.join(missing)}: the layer did not run in the forward pass "
                          "or gave no tensor")
@@ -100,7 +104,7 @@ def ends_network(dnn: Any, target: Mapping[str, Any], x: torch.Tensor) -> bool:
     """Whether the target layer's output at its explained call is the network's output
     (the very tensor the model returns), by one no-grad forward pass of ``x[:1]``; False
     when the layer does not run or its call does not exist (the passes say why)."""
-    logits, got = _outputs(dnn, [target["layer"]], x[:1])
+    logits, got = _outputs(dnn, [target["layer"]], x[:1], lambda layer, out: out)
     calls = got[target["layer"]]
     try:
         k = call_index(target.get("call"), len(calls), target["layer"]) if calls else 0
