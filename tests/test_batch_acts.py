@@ -228,3 +228,45 @@ def test_ends_network(after, layer, call, ends):
     target = {"layer": layer, "units": [1], "reduce": "mean", "call": call}
     assert unitstats.ends_network(dnn, target, x) is ends
     assert hook_dicts_empty(dnn.model)
+
+
+class _ConvTwice(nn.Module):
+    """conv(conv(x)) -> mean over space -> fc: ``conv`` runs twice per forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(self.conv(x)).mean((2, 3)))
+
+
+def test_explained_calls_from_the_passes_equal_the_forward_pass(tmp_path, monkeypatch):
+    """The output layer first gives the predicted class, so both calls of ``conv`` take
+    their activations from the vanilla passes (each stopped at its own call)."""
+    from dnnbrain.batch import register_factory, unregister_factory
+    register_factory("acts_conv_twice", lambda: DNN(
+        _ConvTwice(), layers={"conv": "conv", "fc": "fc"}, test_transform=ImageTransform(64)))
+    try:
+        cfg = {"model": {"factory": "acts_conv_twice"}, "stimuli": str(demo_stimulus_file()),
+               "targets": [{"layer": "fc", "units": "predicted"},
+                           {"layer": "conv", "units": [1, 3], "call": "first"},
+                           {"layer": "conv", "units": [2], "call": 2, "reduce": "max"}],
+               "methods": ["vanilla"], "outputs": {"save": ["npy"]}, "batch_size": 4}
+        seen = _counting(monkeypatch)
+        fast = _manifest(run(cfg, out=tmp_path / "fast", progress=False))
+        assert seen["rows"] == [1]  # the probe of fc only: no forward pass of a batch
+        monkeypatch.setattr(unitstats.BatchStats, "wants", lambda self, t: False)
+        slow = _manifest(run(cfg, out=tmp_path / "slow", progress=False))
+    finally:
+        unregister_factory("acts_conv_twice")
+    assert len(fast) == len(slow) == 12 * 4
+    for a, b in zip(fast, slow):
+        assert {k: v for k, v in a.items() if k != "activation"} == \
+            {k: v for k, v in b.items() if k != "activation"}
+        assert np.isclose(float(a["activation"]), float(b["activation"]), rtol=1e-6, atol=1e-6)
+    first = {r["stimulus"]: r["activation"] for r in fast if r["target"] == "1"}
+    second = {r["stimulus"]: r["activation"] for r in fast if r["target"] == "2"}
+    assert first.keys() == second.keys() and first != second
