@@ -3,7 +3,7 @@ unit each map explains, and each stimulus's predicted class.
 
 They come from the methods' own passes where those ran the clean stimuli to the target
 layer (:meth:`~dnnbrain.dnn.algo.engine.SaliencyImage.clean_output`: vanilla, guided,
-deconvnet, gradient x input, Grad-CAM, Grad-CAM++, and any method explaining
+deconvnet, gradient x input, Grad-CAM, Grad-CAM++, and any method whose only unit is
 ``'predicted'``): the activations from the target layer's output, the predicted class too
 when that output *is* the network's output (the target is the output layer, at the call
 the network returns). Whatever is still missing when an item's manifest rows are due

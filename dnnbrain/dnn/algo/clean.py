@@ -2,8 +2,10 @@
 
 Many methods run the network on the unmodified input anyway: a plain gradient (vanilla,
 guided, deconvnet), gradient x input and Grad-CAM / Grad-CAM++ run a forward pass of every
-row of the call to the target layer; methods that explain ``'predicted'`` resolve it on
-the clean rows first (SmoothGrad, Integrated Gradients, occlusion, Score-CAM, XRAI ...).
+row of the call to the target layer; the other methods resolve ``'predicted'`` on the
+clean rows first (SmoothGrad, Integrated Gradients, occlusion, Score-CAM, XRAI ...), so
+they have the output where every chunk of rows holds a ``'predicted'`` unit (always when
+it is the only unit).
 :meth:`~dnnbrain.dnn.algo.engine.SaliencyImage.clean_output` keeps that output for the
 calls inside its ``with`` block, so a caller that also needs the units' activations on the
 clean images (the batch runner's manifest, :mod:`dnnbrain.batch.unitstats`) need not run
