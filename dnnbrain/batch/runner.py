@@ -65,8 +65,9 @@ class RunResult:
         Seconds spent in the methods' ``backprop`` calls.
     forward_s : float
         Seconds of the runner's own forward passes for the manifest's activations and
-        predicted classes, where the methods' passes did not give them
-        (:mod:`dnnbrain.batch.unitstats`; 0 when they gave everything).
+        predicted classes, where the methods' passes did not give them, and of the
+        one-row probe per target that checks whether its output is the network's
+        (:mod:`dnnbrain.batch.unitstats`).
     write_s : float
         Seconds the writer threads spent writing the maps' files and markers, summed
         over the threads (they write while the next item computes).
