@@ -8,7 +8,11 @@ Cases (all vanilla gradients, ``npy`` + ``png`` files, in one run, repeats inter
 * ``shapenet demo``: the demo ShapeNet (64 px) on its 12 shipped stimuli, 4 units of fc2;
 * ``shapenet N``: the same on ``--n`` generated shape stimuli;
 * ``resnet18``: torchvision ResNet-18 (random weights) at 224 px on ``--resnet-n``
-  generated stimuli, 2 units of its last stage ``res4``.
+  generated stimuli, 2 units of its last stage ``res4``;
+* ``resnet18 fc``: the same with 2 classes of its output layer ``fc`` (the vanilla passes
+  give the manifest's activations and predicted classes: no forward pass of the runner's
+  own, see :mod:`dnnbrain.batch.unitstats`; at ``res4`` the predicted class still needs
+  one per batch).
 
 For each case and repeat it measures, in this process:
 
@@ -17,8 +21,9 @@ For each case and repeat it measures, in this process:
 * write: writing those same maps' files (``.npy`` + ``.png``, atomic) and markers with the
   runner's writer in the calling thread, nothing else;
 * run: the whole :func:`dnnbrain.batch.run` call into a fresh folder (validation, network
-  record, reading, the forward that gives predicted classes and activations, computing,
-  writing in ``--workers`` threads, manifest, gallery).
+  record, reading, the forward pass that gives predicted classes and activations where
+  the methods' passes do not, computing, writing in ``--workers`` threads, manifest,
+  gallery); ``run fwd`` is that forward pass's share (:attr:`RunResult.forward_s`).
 
 Printed per case (the minimum over repeats: the least disturbed by other processes on a
 shared machine): compute and write seconds in wall and CPU time (all threads of the
@@ -68,7 +73,8 @@ def _case(name: str, net: str, stim: Path, layer: str, units: List[int], batch: 
             "units": units, "batches": batches, "maps": len(paths) * len(units),
             "times": {k: [] for k in ("compute", "compute_cpu", "write", "write_cpu",
                                       "write_sys", "run",
-                                      "run_cpu", "run_compute", "run_write")}}
+                                      "run_cpu", "run_compute", "run_write",
+                                      "run_forward")}}
 
 
 def _compute(case: Dict[str, Any]) -> List[Any]:
@@ -109,6 +115,7 @@ def _run(case: Dict[str, Any], out: Path, workers: int) -> None:
     t["run"].append(result.wall_s)
     t["run_compute"].append(result.compute_s)
     t["run_write"].append(getattr(result, "write_s", float("nan")))  # older runners: none
+    t["run_forward"].append(getattr(result, "forward_s", float("nan")))
 
 
 def report(cases: List[Dict[str, Any]], header: str) -> List[str]:
@@ -133,7 +140,8 @@ def report(cases: List[Dict[str, Any]], header: str) -> List[str]:
                      f"(encoding), {t['write_sys']:.3f} s system (creating the files)")
         lines.append(f"{'':16}medians: compute {med['compute']:.2f} s, write "
                      f"{med['write']:.2f} s, run {med['run']:.2f} s (its backprop calls "
-                     f"{med['run_compute']:.2f} s, its writer threads {med['run_write']:.2f} s)")
+                     f"{med['run_compute']:.2f} s, its writer threads {med['run_write']:.2f} s,"
+                     f" its forward passes for the manifest {med['run_forward']:.3f} s)")
     return lines
 
 
@@ -173,7 +181,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         cases = [_case("shapenet demo", "shapenet", demo_stimulus_file(), "fc2",
                        [1, 2, 3, 4], 32, root),
                  _case(f"shapenet {args.n}", "shapenet", gen, "fc2", [1, 2, 3, 4], 32, root),
-                 _case("resnet18 224px", "resnet18", rn, "res4", [1, 2], 8, root)]
+                 _case("resnet18 224px", "resnet18", rn, "res4", [1, 2], 8, root),
+                 _case("resnet18 fc", "resnet18", rn, "fc", [1, 2], 8, root)]
         for c in cases:  # warm-up: every code path once, not timed
             _write(c, _compute(c), root / f"{c['name']}-warm-w")
             _run(c, root / f"{c['name']}-warm-r", args.workers)

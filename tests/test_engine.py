@@ -465,9 +465,8 @@ def test_cams_on_a_conv_called_twice_use_the_explained_call():
 
 
 def test_run_config_call_key_checked_and_used_by_the_runner():
-    from types import SimpleNamespace
     from dnnbrain.batch import load_config
-    from dnnbrain.batch.runner import _load_batch
+    from dnnbrain.batch.unitstats import forward_stats
     from dnnbrain.io.stim import demo_stimulus_file
     base = {"model": {"name": "ShapeNet"}, "stimuli": str(demo_stimulus_file()),
             "targets": [{"layer": "fc2", "units": [1]}], "methods": ["vanilla"]}
@@ -485,12 +484,11 @@ def test_run_config_call_key_checked_and_used_by_the_runner():
     dnn, x = twice_dnn(), torch.randn(3, 3, 2, 2)
     targets = [{"layer": "lin", "units": [1, 2], "reduce": "mean", "call": c}
                for c in ("first", None, 2)]
-    batch = _load_batch(dnn, SimpleNamespace(config={"targets": targets}),
-                        SimpleNamespace(start=0), x, torch.device("cpu"))
+    _, stats = forward_stats(dnn, targets, x, None)
     z = x.flatten(1) @ Twice.W0.T
-    assert np.allclose(batch.stats[0][0], (z @ Twice.L.T).numpy(), atol=1e-6)
+    assert np.allclose(stats[0][0], (z @ Twice.L.T).numpy(), atol=1e-6)
     for t in (1, 2):
-        assert np.allclose(batch.stats[t][0], (z @ Twice.L.T @ Twice.L.T).numpy(), atol=1e-6)
+        assert np.allclose(stats[t][0], (z @ Twice.L.T @ Twice.L.T).numpy(), atol=1e-6)
     assert hook_dicts_empty(dnn.model)
 
 

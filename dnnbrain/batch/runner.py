@@ -12,20 +12,16 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..dnn.algo.calls import call_index
-from ..dnn.algo.engine import eval_mode
 from ..dnn.algo.registry import make_method
-from ..dnn.algo.target import LABEL, predicted_units, select
+from ..dnn.algo.target import LABEL
 from ..dnn.classes import ClassNames, class_names, class_of
-from ..dnn.tokens import layout_of
 from .config import Prepared, prepare
 from .gallery import link_evaluation, link_probe, write_index
 from .launch import parse_shard, runtime_device
@@ -34,6 +30,7 @@ from .probe import run_probe
 from .plan import Shard, WorkItem, make_plan, map_files, map_stem, shard_items, unit_text
 from . import network
 from .lock import folder_lock, run_lock
+from .unitstats import BatchStats
 from .store import (CONFIG_NAME, MANIFEST_NAME, check_output_dir, clean_temps, marker_path,
                     part_name, read_marker, write_config, write_manifest)
 from .writer import MapWriter
@@ -66,6 +63,11 @@ class RunResult:
         Maps computed.
     compute_s : float
         Seconds spent in the methods' ``backprop`` calls.
+    forward_s : float
+        Seconds of the runner's own forward passes for the manifest's activations and
+        predicted classes, where the methods' passes did not give them, and of the
+        one-row probe per target that checks whether its output is the network's
+        (:mod:`dnnbrain.batch.unitstats`).
     write_s : float
         Seconds the writer threads spent writing the maps' files and markers, summed
         over the threads (they write while the next item computes).
@@ -85,6 +87,7 @@ class RunResult:
     todo: List[WorkItem]
     maps: int = 0
     compute_s: float = 0.0
+    forward_s: float = 0.0
     write_s: float = 0.0
     evaluate_s: float = 0.0
     wall_s: float = 0.0
@@ -110,8 +113,7 @@ class _Batch:
     start: int
     x_cpu: torch.Tensor
     x: torch.Tensor
-    predicted: List[int]
-    stats: Dict[int, Tuple[np.ndarray, List[List[str]]]] = field(default_factory=dict)
+    stats: BatchStats
     labels: Optional[List[int]] = None  # each stimulus's unit 'label' (label + 1)
 
 
@@ -130,56 +132,16 @@ def _read_batch(dnn: Any, prep: Prepared, item: WorkItem) -> torch.Tensor:
     return dnn.test_transform.batch([str(p) for p in prep.stim.paths[item.start:item.stop]])
 
 
-def _load_batch(dnn: Any, prep: Prepared, item: WorkItem, x_cpu: torch.Tensor,
-                device: torch.device) -> _Batch:
-    """Run the whole network once on a stimulus batch: the predicted class of each
-    stimulus and, via hooks, every target's unit activations (and predicted units)."""
+def _load_batch(prep: Prepared, item: WorkItem, x_cpu: torch.Tensor, device: torch.device,
+                dnn: Any, ends: Dict[Tuple[int, tuple], bool]) -> _Batch:
+    """A stimulus batch on the device, its labels where a target asks for them, and its
+    manifest figures still to come (:class:`~dnnbrain.batch.unitstats.BatchStats`)."""
     x = x_cpu.to(device)
     targets = prep.config["targets"]
     labels = None  # each stimulus's 'label' unit, where a target asks for it
     if any(LABEL in t["units"] for t in targets):
         labels = [int(v) + 1 for v in prep.stim.labels[item.start:item.stop]]
-    calls: Dict[int, List[Tuple[np.ndarray, List[List[str]]]]] = {}  # target -> per call
-
-    def hook(layer: str):
-        def fn(module, inputs, out):
-            for t, tg in enumerate(targets):
-                if tg["layer"] != layer or not isinstance(out, torch.Tensor):
-                    continue
-                acts, actual = [], []
-                lay = layout_of(dnn, layer, out, tuple(x.shape[-2:]))
-                for u in tg["units"]:
-                    uu = tuple(u) if isinstance(u, list) else u
-                    rows = labels if u == LABEL else [uu]
-                    acts.append(select(out, rows, layer, tg["reduce"], lay))
-                    actual.append([str(v) for v in predicted_units(out, tg["reduce"], lay)]
-                                  if u == "predicted" else [str(v) for v in labels]
-                                  if u == LABEL else [unit_text(u)] * len(out))
-                calls.setdefault(t, []).append((torch.stack(acts, 1).float().cpu().numpy(),
-                                                actual))
-        return fn
-
-    handles = []
-    try:
-        with eval_mode(dnn.model), torch.no_grad():
-            for layer in dict.fromkeys(t["layer"] for t in targets):
-                handles.append(dnn.layer2module(layer).register_forward_hook(hook(layer)))
-            # the layout the engine's passes use (channels-last on the CPU: 30-60 % faster)
-            cl = dnn.channels_last and x.device.type == "cpu" and x.ndim == 4
-            logits = dnn.model(x.contiguous(memory_format=torch.channels_last) if cl else x)
-    finally:
-        for h in handles:
-            h.remove()
-    logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-    # the call the maps explain (the target's `call`; see dnnbrain.dnn.algo.calls)
-    stats = {t: got[call_index(targets[t].get("call"), len(got), targets[t]["layer"]) - 1]
-             for t, got in calls.items()}
-    missing = [f"targets[{t}] ({tg['layer']!r})" for t, tg in enumerate(targets)
-               if t not in stats]
-    if missing:
-        raise ValueError(f"{', '.join(missing)}: the layer did not run in the forward pass "
-                         "or gave no tensor")
-    return _Batch(item.start, x_cpu, x, predicted_units(logits), stats, labels)
+    return _Batch(item.start, x_cpu, x, BatchStats(dnn, targets, x, labels, ends), labels)
 
 
 def _rows(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str],
@@ -187,7 +149,7 @@ def _rows(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str],
     """Manifest rows of an item: stimulus-major, then unit; ``class`` names the unit's
     class (``names``) on the output layer, else it is empty."""
     target, method = config["targets"][item.target], config["methods"][item.method]
-    acts, actual = batch.stats[item.target]
+    acts, actual, predicted = batch.stats.of(item.target)
     rows = []
     for i in range(item.stop - item.start):
         sid = ids[item.start + i]
@@ -198,7 +160,7 @@ def _rows(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str],
                              if names and actual[j][i].isdigit() else None) or "",
                    "reduce": target["reduce"], "method": method["label"],
                    "activation": f"{float(acts[i, j]):.9g}",
-                   "predicted_class": str(batch.predicted[i]),
+                   "predicted_class": str(predicted[i]),
                    "network": config["network"]["fingerprint"]}
             row.update(map_files(method["label"], target["layer"], u, map_stem(sid),
                                  config["outputs"]["save"], target.get("call")))
@@ -215,9 +177,9 @@ def _item_paths(config: Mapping[str, Any], item: WorkItem, ids: Sequence[str]) -
 
 
 def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
-             progress: Optional[bool]) -> Tuple[int, float, float]:
+             progress: Optional[bool]) -> Tuple[int, float, float, float]:
     """Compute and write ``todo``; returns (maps, seconds inside ``backprop``, seconds
-    the writers spent)."""
+    the writers spent, seconds of the runner's own forward passes for the manifest)."""
     cfg = prep.config
     device = runtime_device(cfg["model"]["device"])
     dnn = prep.dnn.to(device)
@@ -228,7 +190,8 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
                desc="saliency", dynamic_ncols=True)
     objs: Dict[Tuple[int, int], Any] = {}
     batch: Optional[_Batch] = None
-    compute = 0.0
+    compute = forward = 0.0
+    ends: Dict[Tuple[int, tuple], bool] = {}  # (target, input shape) -> its output ends the net
     devices = [device.index or 0] if device.type == "cuda" else []
     firsts = [it for k, it in enumerate(todo) if k == 0 or todo[k - 1].start != it.start]
     following = {a.start: b for a, b in zip(firsts, firsts[1:])}
@@ -243,7 +206,8 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
                     nxt = following.get(it.start)
                     if nxt is not None and nxt.start not in pending:
                         pending[nxt.start] = reader.submit(_read_batch, dnn, prep, nxt)
-                    batch = _load_batch(dnn, prep, it, x_cpu, device)
+                    forward += batch.stats.forward_s if batch is not None else 0.0
+                    batch = _load_batch(prep, it, x_cpu, device, dnn, ends)
                     writer.submit_views(prep.stim.ids[it.start:it.stop], x_cpu)
                 if (it.target, it.method) not in objs:
                     t, m = cfg["targets"][it.target], dict(cfg["methods"][it.method])
@@ -253,16 +217,22 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
                     objs[it.target, it.method] = make_method(
                         dnn, name, t["layer"], uu, t["reduce"], cfg["batch_size"],
                         t.get("call"), **m)
+                want = batch.stats.wants(it.target)  # its clean pass spares the forward
                 torch.manual_seed(cfg["seed"] + it.index)
                 tic = time.perf_counter()
                 obj = objs[it.target, it.method]
-                with (obj.labelled(batch.labels) if LABEL in cfg["targets"][it.target]["units"]
-                      else contextlib.nullcontext()):
+                with contextlib.ExitStack() as stack:
+                    if LABEL in cfg["targets"][it.target]["units"]:
+                        stack.enter_context(obj.labelled(batch.labels))
+                    clean = stack.enter_context(obj.clean_output()) if want else None
                     maps = obj.backprop(batch.x, preprocessed=True)
                 compute += time.perf_counter() - tic
+                if clean is not None:
+                    batch.stats.take(it.target, clean.output)
                 writer.submit(it, _rows(cfg, it, prep.stim.ids, batch, dnn, names), maps,
                               batch.x_cpu)
                 bar.update(maps.shape[0] * maps.shape[1])
+        forward += batch.stats.forward_s if batch is not None else 0.0
         writer.close()
     except BaseException:
         writer.close(cancel=True)
@@ -270,7 +240,7 @@ def _compute(prep: Prepared, todo: Sequence[WorkItem], out: Path, workers: int,
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         bar.close()
-    return total, compute, writer.seconds
+    return total, compute, writer.seconds, forward
 
 
 def _evaluate(outdir: Path, options: Mapping[str, Any], progress: Optional[bool],
@@ -383,8 +353,8 @@ def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
         clean_temps(outdir, {f for it in mine for f in _item_paths(cfg, it, prep.stim.ids)})
     else:
         clean_temps(outdir)
-    result.maps, result.compute_s, result.write_s = _compute(prep, todo, outdir, workers,
-                                                             progress)
+    result.maps, result.compute_s, result.write_s, result.forward_s = _compute(
+        prep, todo, outdir, workers, progress)
     rows = []
     for it in mine:
         item_rows = read_marker(outdir, it, save)
@@ -410,8 +380,9 @@ def _run_locked(prep: Prepared, plan: List[WorkItem], mine: List[WorkItem],
     result.wall_s = time.perf_counter() - tic
     log.info("%s%s: computed %d of %d work items (%d already complete): %d maps; "
              "%.1f maps/s for the maps alone (%.2f s in the methods), %.1f maps/s for the "
-             "whole run (%.2f s; writing %.2f s in the writer threads, evaluation %.2f s); "
-             "manifest %s", outdir, _where(sh), len(todo), len(mine), len(mine) - len(todo),
-             result.maps, result.maps_per_s, result.compute_s, result.run_maps_per_s,
-             result.wall_s, result.write_s, result.evaluate_s, result.manifest)
+             "whole run (%.2f s; writing %.2f s in the writer threads, forward passes for "
+             "the manifest %.2f s, evaluation %.2f s); manifest %s", outdir, _where(sh),
+             len(todo), len(mine), len(mine) - len(todo), result.maps, result.maps_per_s,
+             result.compute_s, result.run_maps_per_s, result.wall_s, result.write_s,
+             result.forward_s, result.evaluate_s, result.manifest)
     return result

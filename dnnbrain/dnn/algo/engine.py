@@ -24,6 +24,7 @@ from ..tokens import TokenLayout, layout_of
 from .calls import Call, CallCounts, call_index, check_call, count_calls
 from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
 from .checks import SIGMA_MULTIPLIER, input_errors
+from .clean import CleanOutput
 from .forward import StopForward, eval_mode, pass_hooks
 from .passes import smooth_maps
 from .relu import relu_override
@@ -89,6 +90,7 @@ class SaliencyImage:
     #: methods): each call then gets whole images, all their units, one row per unit.
     shares_units: bool = False
     channels_last: Optional[bool] = None
+    _clean: Optional[CleanOutput] = None  # the recorder of clean_output(), inside its block
 
     def __init__(self, dnn: DNN, from_layer: Optional[str] = None, from_chn: Any = None,
                  batch_size: Optional[int] = None, memory_budget: Budget = None) -> None:
@@ -187,6 +189,29 @@ class SaliencyImage:
             yield self
         finally:
             self._labels = before
+
+    @contextlib.contextmanager
+    def clean_output(self) -> Iterator[CleanOutput]:
+        """Keep, for the calls inside the ``with`` block, the target layer's output on
+        the clean input where the call's own passes computed it (no extra pass; see
+        :mod:`dnnbrain.dnn.algo.clean` for which methods do).
+
+        Yields
+        ------
+        CleanOutput
+            Its ``output`` after each call: ``(N, ...)`` on the device, or None.
+
+        Examples
+        --------
+        >>> with m.clean_output() as clean:                          # doctest: +SKIP
+        ...     maps = m.backprop(x, preprocessed=True)
+        >>> acts = clean.output      # the target layer's output for x, or None
+        """
+        before, self._clean = self._clean, CleanOutput()
+        try:
+            yield self._clean
+        finally:
+            self._clean = before
 
     def probe_units(self) -> List[Unit]:
         """The target units with ``'label'`` as unit 1: for checks and probes whose cost
@@ -307,6 +332,8 @@ class SaliencyImage:
                     (torch.no_grad() if inner else nullcontext()):
                 self._forward(xg)
             out = self._target_output(cap)
+            if self._clean is not None:
+                self._clean.saw(x, out)
             wrt = xg
             for key, name, what in (("input", to_layer, "`to_layer`"),
                                     ("act", at_output, "`at_output`")):
@@ -415,6 +442,8 @@ class SaliencyImage:
         if not any(isinstance(u, str) for u in units):
             return list(units)
         out = self.layer_output(x, self.layer)
+        if self._clean is not None:
+            self._clean.saw(x, out)
         return resolve_predicted(out, units, self.reduce, self.target_layout(out, x))
 
     def check_input(self, shape: Tuple[int, ...]) -> None:

@@ -55,7 +55,9 @@ def run_rows(method: Any, x: torch.Tensor, fn: RowFn, rows_factor: int = 1,
     Returns
     -------
     torch.Tensor
-        ``(N, U, ...)`` on the device; ``method.resolved_units`` holds each map's unit.
+        ``(N, U, ...)`` on the device; ``method.resolved_units`` holds each map's unit,
+        and inside ``method.clean_output()`` its recorder the target output of the clean
+        rows where every chunk's passes ran them (:mod:`dnnbrain.dnn.algo.clean`).
     """
     clean = x if net_input is None else net_input
     method._check_once(tuple(clean.shape[1:]))
@@ -65,6 +67,9 @@ def run_rows(method: Any, x: torch.Tensor, fn: RowFn, rows_factor: int = 1,
     method._outputs = n * u
     method.resolved_units = None
     resolved: List[Unit] = []
+    seen = method._clean  # a CleanOutput inside method.clean_output(), else None
+    if seen is not None:
+        seen.start()
     try:
         if method.shares_units and rows_factor == 1:
             # whole images, as many as fill the method's own no-grad passes
@@ -76,10 +81,18 @@ def run_rows(method: Any, x: torch.Tensor, fn: RowFn, rows_factor: int = 1,
         for i in range(0, n * u, step):
             pick = img_idx[i:i + step]
             ub = unit_rows[i:i + step]
-            ub, out = _chunk(method, fn, x[i:i + step] if u == 1 else x[pick],  # a view if can
-                             clean[i:i + step] if u == 1 else clean[pick], ub)
+            xb = x[i:i + step] if u == 1 else x[pick]  # a view if it can
+            # the clean rows: the same tensor object as xb when the rows carry nothing else
+            cb = xb if net_input is None else clean[i:i + step] if u == 1 else clean[pick]
+            if seen is not None:
+                seen.watch(cb)
+            ub, out = _chunk(method, fn, xb, cb, ub)
+            if seen is not None:  # the rows of each image's first unit
+                seen.chunk_done([k - i for k in range(i, min(i + step, n * u)) if k % u == 0])
             outs.append(out)
             resolved += ub
+        if seen is not None:
+            seen.finish()
     finally:
         method._outputs = 0
         method._picked = None

@@ -1,13 +1,14 @@
 """SmoothGrad as a method of its own, over any other method."""
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, ContextManager, Optional, Tuple
 
 import numpy as np
 
 from ..models import DNN
 from .calls import Call
 from .checks import SIGMA_MULTIPLIER, SMOOTH_MODES, check_noise
+from .clean import CleanOutput
 from .engine import SaliencyImage
 from .passes import check_smooth_input
 
@@ -73,6 +74,12 @@ class SmoothGrad:
     def get_layer(self):
         """The target as ``(layer, unit)``."""
         return self.method.get_layer()
+
+    def clean_output(self) -> ContextManager[CleanOutput]:
+        """The base method's :meth:`SaliencyImage.clean_output`: the noisy copies are not
+        the clean input, so its ``output`` is None unless ``'predicted'`` had the clean
+        rows run to resolve it (:mod:`dnnbrain.dnn.algo.clean`)."""
+        return self.method.clean_output()
 
     @property
     def resolved_units(self):
