@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from .engine import SaliencyImage
 from .checks import check_number, no_to_layer
 from .integrated import approximation, path_integral, pixel_affine
 from .passes import sums_pass
-from .segments import SEGMENT_CACHE, SegmentCache, image_key, segment_masks
+from .segments import SEGMENT_CACHE, SegmentCache, SegmentJob, image_key, segment_masks
 from .target import Unit
 
 __all__ = ["XRAI", "Segments", "rank_regions", "segment_masks", "SegmentCache",
@@ -190,7 +190,7 @@ class XRAI(SaliencyImage):
         self.segment_scales, self.dilation_radius = scales, dilation_radius
         self.return_segments, self.segment_workers = return_segments, segment_workers
         self.last_segments: List[Segments] = []
-        self._ready: Dict[Any, np.ndarray] = {}   # this call's masks segmented ahead
+        self._job: Optional[SegmentJob] = None   # this call's block, segmented ahead
 
     def check_input(self, shape: Tuple[int, ...]) -> None:
         """:meth:`SaliencyImage.check_input`, and one row of the two IG paths' summed
@@ -211,10 +211,11 @@ class XRAI(SaliencyImage):
     def _masks(self, pixels: np.ndarray) -> np.ndarray:
         """Segments of one ``(H, W, 3)`` image: segmented ahead by :meth:`_run`, or through
         :data:`SEGMENT_CACHE`."""
-        key = image_key(pixels, self.segment_scales, self.dilation_radius)
-        ready = self._ready.get(key)
-        if ready is not None:
-            return ready
+        if self._job is not None:   # waits for the block's segmentation to finish
+            ready = self._job.result().get(image_key(pixels, self.segment_scales,
+                                                     self.dilation_radius))
+            if ready is not None:
+                return ready
         return SEGMENT_CACHE.masks(pixels, self.segment_scales, self.dilation_radius)
 
     def _overlap(self, x: torch.Tensor) -> bool:
@@ -225,7 +226,8 @@ class XRAI(SaliencyImage):
     def _run(self, x: torch.Tensor, fn, rows_factor: int = 1,
              net_input: Optional[torch.Tensor] = None) -> torch.Tensor:
         """:meth:`SaliencyImage._run` a block of images at a time, each block segmented on
-        a thread pool first (on an accelerator: while the block before runs its passes)."""
+        a thread pool: before its passes on the CPU (the pool and the passes share its
+        threads); on an accelerator while they run, and the next block's while they run."""
         workers = self.segment_workers or max(1, torch.get_num_threads())
         background = self._overlap(x)
         if rows_factor != 1 or net_input is not None or (workers == 1 and not background):
@@ -240,14 +242,15 @@ class XRAI(SaliencyImage):
         try:
             job = start(0)
             for b0 in range(0, len(x), block):
-                self._ready = job.result()
-                job = start(b0 + block) if background else None
+                if not background:
+                    job.result()
+                ahead = start(b0 + block) if background else None
+                self._job = job
                 outs.append(super()._run(x[b0:b0 + block], fn))
                 resolved += self.resolved_units
-                if not background:
-                    job = start(b0 + block)
+                job = ahead if background else start(b0 + block)
         finally:
-            self._ready = {}
+            self._job = None
             pool.shutdown(wait=True, cancel_futures=True)
         self.resolved_units = resolved
         return torch.cat(outs) if len(outs) > 1 else outs[0]
