@@ -270,3 +270,29 @@ def test_parallel_blocks_equal_the_serial_call(dnn, monkeypatch, overlap):
         assert np.array_equal(a.ranks, b.ranks) and np.array_equal(a.gains, b.gains)
     assert np.array_equal(par.backprop(images[3]), want[3])   # one image: one block
     assert hook_dicts_empty(dnn.model)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_agrees_with_pair_xrai(dnn, workers):
+    """PAIR's ``saliency.core.XRAI`` on the same image, unit and IG nodes (its
+    ``linspace(0, 1, steps)`` with equal weights; black and white baselines: the image
+    holds a 0 and a 1), dilation 5 px."""
+    sc = pytest.importorskip("saliency.core")
+    img = block_image(4)
+    img[0, 0] = 0.0
+    xrai = XRAI(dnn, "out", 1, steps=6, dilation_radius=5, segment_workers=workers)
+    xrai.alphas, xrai.weights = np.linspace(0.0, 1.0, 6), np.full(6, 1.0 / 6)
+    ours = xrai.backprop(img)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    key = sc.base.INPUT_OUTPUT_GRADIENTS
+
+    def call_model(xb, call_model_args=None, expected_keys=None):
+        t = torch.as_tensor(np.asarray(xb), dtype=torch.float32).permute(0, 3, 1, 2)
+        t.requires_grad_(True)
+        grad, = torch.autograd.grad(dnn.model((t - mean) / std)[:, 0].sum(), t)
+        return {key: grad.permute(0, 2, 3, 1).numpy()}
+
+    theirs = sc.XRAI().GetMask(img.astype(np.float64), call_model, batch_size=6,
+                               extra_parameters=sc.XRAIParameters(steps=6))
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() <= 1e-6 * np.abs(theirs).max()
