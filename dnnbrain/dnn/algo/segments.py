@@ -200,6 +200,7 @@ class SegmentCache:
         return SegmentJob(self, images, scales, dilation_radius, pool)
 
     def count(self, hit: bool) -> None:
+        """Count one look-up answered without segmenting (``hit``) or not."""
         with self._lock:
             if hit:
                 self.hits += 1

@@ -36,7 +36,7 @@ __all__ = ["XRAI", "Segments", "rank_regions", "segment_masks", "SegmentCache",
            "SEGMENT_CACHE"]
 log = logging.getLogger(__name__)
 #: Images segmented ahead of their IG passes per segmentation worker thread.
-IMAGES_PER_WORKER = 4
+IMAGES_PER_WORKER = 2
 
 
 class Segments(NamedTuple):
