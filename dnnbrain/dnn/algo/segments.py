@@ -129,14 +129,17 @@ class SegmentJob:
                 todo[key] = pixels
         self._found = found
         self._pending: Dict[Key, List[Future]] = {}
-        for key, pixels in todo.items():
-            if pool is None:
+        if pool is None:
+            for key, pixels in todo.items():
                 self._done[key] = segment_masks(pixels, scales, dilation_radius)
-                continue
-            up = pool.submit(_upsampled, pixels)   # FIFO: started before its scales
+            return
+        # every resize first (FIFO: each is taken before its scales, and the workers do
+        # not wait on one resize at a time), then the (image, scale) pieces
+        ups = {key: pool.submit(_upsampled, pixels) for key, pixels in todo.items()}
+        for key, pixels in todo.items():
             radius = _radius(pixels.shape, dilation_radius)
-            self._pending[key] = [pool.submit(_from_upsampled, up, s, pixels.shape[:2], radius)
-                                  for s in scales]
+            self._pending[key] = [pool.submit(_from_upsampled, ups[key], s, pixels.shape[:2],
+                                              radius) for s in scales]
 
     def result(self) -> Dict[Key, np.ndarray]:
         """``{key: masks}`` for every image of the job (read-only arrays), once ready;
