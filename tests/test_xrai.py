@@ -175,9 +175,16 @@ def test_bad_parameters(dnn, kwargs, match):
         XRAI(dnn, "conv", 1, **kwargs)
 
 
-def test_to_layer_rejected(dnn):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_to_layer_rejected(dnn, monkeypatch, overlap):
+    import threading
+    monkeypatch.setattr(XRAI, "_overlap", lambda self, x: overlap)
+    xrai = XRAI(dnn, "conv", 1, steps=2, segment_workers=2)
     with pytest.raises(ValueError, match="`to_layer` must be None"):
-        XRAI(dnn, "conv", 1, steps=2).backprop(block_image(), to_layer="conv")
+        xrai.backprop([block_image(s) for s in range(6)], to_layer="conv")
+    # the segmentation pool does not outlive the failed call
+    assert xrai._job is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("xrai-segments")]
 
 
 def test_batch_of_eight_equals_eight_single_calls(dnn):
