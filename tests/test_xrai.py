@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from dnnbrain.dnn.algo import get_method
-from dnnbrain.dnn.algo.xrai import XRAI, Segments, rank_regions, segment_masks
+from dnnbrain.dnn.algo.xrai import (XRAI, SegmentCache, Segments, rank_regions,
+                                   segment_masks)
 from dnnbrain.dnn.base import ImageTransform
 from dnnbrain.dnn.models import DNN
 
@@ -167,15 +168,23 @@ def test_smoothgrad_over_xrai_runs(dnn):
     (dict(segment_scales=()), "`segment_scales`"),
     (dict(segment_scales=50), "`segment_scales`"),
     (dict(return_segments="yes"), "`return_segments`"),
+    (dict(segment_workers=0), "`segment_workers`"),
 ])
 def test_bad_parameters(dnn, kwargs, match):
     with pytest.raises(ValueError, match=match):
         XRAI(dnn, "conv", 1, **kwargs)
 
 
-def test_to_layer_rejected(dnn):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_to_layer_rejected(dnn, monkeypatch, overlap):
+    import threading
+    monkeypatch.setattr(XRAI, "_overlap", lambda self, x: overlap)
+    xrai = XRAI(dnn, "conv", 1, steps=2, segment_workers=2)
     with pytest.raises(ValueError, match="`to_layer` must be None"):
-        XRAI(dnn, "conv", 1, steps=2).backprop(block_image(), to_layer="conv")
+        xrai.backprop([block_image(s) for s in range(6)], to_layer="conv")
+    # the segmentation pool does not outlive the failed call
+    assert xrai._job is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("xrai-segments")]
 
 
 def test_batch_of_eight_equals_eight_single_calls(dnn):
@@ -187,19 +196,22 @@ def test_batch_of_eight_equals_eight_single_calls(dnn):
         assert np.allclose(maps[i], xrai.backprop(image), rtol=0, atol=1e-6)
 
 
-def test_segmentation_is_cached_across_units_objects_and_calls(dnn, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_segmentation_is_cached_across_units_objects_and_calls(dnn, monkeypatch, workers):
+    import dnnbrain.dnn.algo.segments as seg_mod
     import dnnbrain.dnn.algo.xrai as xrai_mod
     calls = []
+    upsampled = seg_mod._upsampled
 
-    def counted(pixels, *args, **kwargs):
+    def counted(pixels):   # once per image segmented, serial or on the pool
         calls.append(pixels.shape)
-        return segment_masks(pixels, *args, **kwargs)
+        return upsampled(pixels)
 
-    monkeypatch.setattr(xrai_mod, "segment_masks", counted)
+    monkeypatch.setattr(seg_mod, "_upsampled", counted)
     cache = xrai_mod.SegmentCache()
     monkeypatch.setattr(xrai_mod, "SEGMENT_CACHE", cache)
     image, other = block_image(0), block_image(1)
-    kw = dict(steps=2, min_pixel_diff=10, segment_scales=(100, 300))
+    kw = dict(steps=2, min_pixel_diff=10, segment_scales=(100, 300), segment_workers=workers)
     first = XRAI(dnn, "conv", 1, **kw).backprop(image)
     assert len(calls) == 1
     second = XRAI(dnn, "conv", 2, **kw).backprop(image.copy())  # other unit, object, array
@@ -207,8 +219,11 @@ def test_segmentation_is_cached_across_units_objects_and_calls(dnn, monkeypatch)
     assert len(calls) == 1 and cache.hits == 3 and cache.misses == 1
     assert not np.allclose(first, second)                       # the maps do differ
     XRAI(dnn, "conv", 1, **kw).backprop(other)                  # other content
-    XRAI(dnn, "conv", 1, steps=2, min_pixel_diff=10, segment_scales=(100,)).backprop(image)
+    XRAI(dnn, "conv", 1, **{**kw, "segment_scales": (100,)}).backprop(image)
     assert len(calls) == 3 and len(cache) == 3
+    cache.clear()
+    XRAI(dnn, "conv", 1, **kw).backprop([other, image, other])  # a repeat: segmented once
+    assert len(calls) == 5 and cache.misses == 2 and cache.hits == 1
     # bounded: nothing larger than max_bytes is kept, the oldest entries go first
     one = segment_masks(block_image(2), (100, 300), None).nbytes
     cache.max_bytes = one
@@ -217,6 +232,74 @@ def test_segmentation_is_cached_across_units_objects_and_calls(dnn, monkeypatch)
     cache.max_bytes = 0
     XRAI(dnn, "conv", 1, **kw).backprop(block_image(3))
     XRAI(dnn, "conv", 1, **kw).backprop(block_image(3))
-    assert len(calls) == 6
+    assert len(calls) == 9
     cache.clear()
     assert len(cache) == 0 and cache.hits == 0
+
+
+def test_segment_job_on_a_pool_equals_serial_segmentation():
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(3)
+    images = [block_image(0), rng.random((40, 28, 3)).astype(np.float32), block_image(1),
+              block_image(0)]
+    settings = [((50, 100, 500), None), ((150,), 3)]
+    for scales, radius in settings:
+        serial = [segment_masks(p, scales, radius) for p in images]
+        cache = SegmentCache()
+        with ThreadPoolExecutor(3) as pool:
+            job = cache.start(images, scales, radius, pool)
+            got = job.result()
+        assert len(got) == 3 and cache.misses == 3 and cache.hits == 1
+        for key, want in zip(job.keys, serial):
+            assert np.array_equal(got[key], want) and not got[key].flags.writeable
+        again = cache.start(images[1:2], scales, radius, None)   # from the cache
+        assert again.result()[again.keys[0]] is got[job.keys[1]] and cache.hits == 2
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_parallel_blocks_equal_the_serial_call(dnn, monkeypatch, overlap):
+    """Segmenting on threads a block at a time (and, on an accelerator, ahead of the
+    passes) gives the serial call's maps, segments and units exactly."""
+    import dnnbrain.dnn.algo.xrai as xrai_mod
+    images = [block_image(s) for s in range(5)]
+    kw = dict(steps=3, min_pixel_diff=10, segment_scales=(100, 300),
+              return_segments=True, batch_size=6)  # one image per pass chunk
+    monkeypatch.setattr(xrai_mod, "SEGMENT_CACHE", xrai_mod.SegmentCache(max_bytes=0))
+    serial = XRAI(dnn, "conv", [1, 2], segment_workers=1, **kw)
+    want = serial.backprop(images)
+    monkeypatch.setattr(xrai_mod, "IMAGES_PER_WORKER", 1)     # blocks of 2 images: 3 blocks
+    monkeypatch.setattr(XRAI, "_overlap", lambda self, x: overlap)
+    par = XRAI(dnn, "conv", [1, 2], segment_workers=2, **kw)
+    got = par.backprop(images)
+    assert got.shape == (5, 2, SIDE, SIDE) and np.array_equal(got, want)
+    assert len(par.last_segments) == 10 and par.resolved_units == serial.resolved_units
+    for a, b in zip(par.last_segments, serial.last_segments):
+        assert np.array_equal(a.ranks, b.ranks) and np.array_equal(a.gains, b.gains)
+    assert np.array_equal(par.backprop(images[3]), want[3])   # one image: one block
+    assert hook_dicts_empty(dnn.model)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_agrees_with_pair_xrai(dnn, workers):
+    """PAIR's ``saliency.core.XRAI`` on the same image, unit and IG nodes (its
+    ``linspace(0, 1, steps)`` with equal weights; black and white baselines: the image
+    holds a 0 and a 1), dilation 5 px."""
+    sc = pytest.importorskip("saliency.core")
+    img = block_image(4)
+    img[0, 0] = 0.0
+    xrai = XRAI(dnn, "out", 1, steps=6, dilation_radius=5, segment_workers=workers)
+    xrai.alphas, xrai.weights = np.linspace(0.0, 1.0, 6), np.full(6, 1.0 / 6)
+    ours = xrai.backprop(img)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    key = sc.base.INPUT_OUTPUT_GRADIENTS
+
+    def call_model(xb, call_model_args=None, expected_keys=None):
+        t = torch.as_tensor(np.asarray(xb), dtype=torch.float32).permute(0, 3, 1, 2)
+        t.requires_grad_(True)
+        grad, = torch.autograd.grad(dnn.model((t - mean) / std)[:, 0].sum(), t)
+        return {key: grad.permute(0, 2, 3, 1).numpy()}
+
+    theirs = sc.XRAI().GetMask(img.astype(np.float64), call_model, batch_size=6,
+                               extra_parameters=sc.XRAIParameters(steps=6))
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() <= 1e-6 * np.abs(theirs).max()

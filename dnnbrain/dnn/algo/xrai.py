@@ -6,24 +6,22 @@ Felzenszwalb segments at several scales; regions are then added greedily, each t
 whose new pixels have the highest mean attribution. The map gives every pixel the gain of
 the region that added it (PAIR's ``XRAI.GetMask``): higher is more important.
 
-Segmentation depends on the image only, so its masks are kept in :data:`SEGMENT_CACHE`, a
-bounded cache keyed by the image's content and the segmentation settings, shared by every
-:class:`XRAI` object of the process: maps of other units, layers or networks of an image
-already segmented skip the segmentation.
+Segmentation (:mod:`~dnnbrain.dnn.algo.segments`) depends on the image only, so its masks
+are kept in :data:`SEGMENT_CACHE`, a bounded cache keyed by the image's content and the
+segmentation settings, shared by every :class:`XRAI` object of the process: maps of other
+units, layers or networks of an image already segmented skip the segmentation. A call
+segments its images on a pool of threads (skimage releases the GIL), a block of images
+ahead of their IG passes; on an accelerator the next block is segmented while the current
+one's passes run.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
-from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
-from skimage.segmentation import felzenszwalb
-from skimage.transform import resize
 
 from ..models import DNN
 from .budget import Budget
@@ -31,14 +29,14 @@ from .engine import SaliencyImage
 from .checks import check_number, no_to_layer
 from .integrated import approximation, path_integral, pixel_affine
 from .passes import sums_pass
+from .segments import SEGMENT_CACHE, SegmentCache, SegmentJob, image_key, segment_masks
 from .target import Unit
 
+__all__ = ["XRAI", "Segments", "rank_regions", "segment_masks", "SegmentCache",
+           "SEGMENT_CACHE"]
 log = logging.getLogger(__name__)
-
-SEGMENT_SIZE = 224        # images are segmented at this size (PAIR), so scales mean the same
-SEGMENT_SIGMA = 0.8       # Felzenszwalb pre-smoothing (PAIR)
-SEGMENT_MIN_SIZE = 150    # smallest segment, in pixels at SEGMENT_SIZE (PAIR)
-DILATION_AT_224 = 5       # mask dilation radius at 224 x 224 (PAIR)
+#: Images segmented ahead of their IG passes per segmentation worker thread.
+IMAGES_PER_WORKER = 2
 
 
 class Segments(NamedTuple):
@@ -58,56 +56,6 @@ class Segments(NamedTuple):
     ranks: np.ndarray
     gains: np.ndarray
     remainder: bool
-
-
-def segment_masks(pixels: np.ndarray, scales: Sequence[float] = (50, 100, 150, 250, 500, 1200),
-                  dilation_radius: Optional[int] = None) -> np.ndarray:
-    """Felzenszwalb segments at several scales as dilated boolean masks (PAIR's recipe).
-
-    Parameters
-    ----------
-    pixels : numpy.ndarray
-        ``(H, W, 3)`` float image. It is min-max scaled to -1..1 and resized to 224 x 224
-        for segmentation (so ``scales`` and the minimum segment size, 150 px there, are
-        relative to the image area), and the labels are resized back.
-    scales : sequence of float
-        Felzenszwalb ``scale`` values (sigma 0.8).
-    dilation_radius : int or None
-        Disk radius the masks are dilated by; None: 5 px at 224 x 224, scaled with the side.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(M, H, W)`` bool, non-empty masks: scale by scale, label by label.
-    """
-    h, w = pixels.shape[:2]
-    lo, hi = float(pixels.min()), float(pixels.max())
-    im = (pixels - lo) / (hi - lo) * 2.0 - 1.0 if hi > lo else np.zeros_like(pixels)
-    im = resize(im, (SEGMENT_SIZE, SEGMENT_SIZE), order=3, mode="constant",
-                preserve_range=True, anti_aliasing=True)
-    masks = []
-    for scale in scales:
-        seg = felzenszwalb(im, scale=scale, sigma=SEGMENT_SIGMA, min_size=SEGMENT_MIN_SIZE)
-        seg = resize(seg, (h, w), order=0, mode="constant", preserve_range=True,
-                     anti_aliasing=False).astype(np.int64)
-        masks.append(seg[None] == np.unique(seg)[:, None, None])
-    stack = np.concatenate(masks)
-    if dilation_radius is None:
-        dilation_radius = int(round(DILATION_AT_224 * np.sqrt(h * w) / SEGMENT_SIZE))
-    return _dilate(stack, dilation_radius) if dilation_radius > 0 else stack
-
-
-def _dilate(masks: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation of each mask by ``skimage.morphology.disk(radius)``: pixels within
-    Euclidean distance ``radius`` of the mask, computed inside its bounding box + radius."""
-    out = np.zeros_like(masks)
-    h, w = masks.shape[1:]
-    for m, o in zip(masks, out):   # one loop per region, never per pixel
-        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        y0, y1 = max(rows[0] - radius, 0), min(rows[-1] + radius + 1, h)
-        x0, x1 = max(cols[0] - radius, 0), min(cols[-1] + radius + 1, w)
-        o[y0:y1, x0:x1] = distance_transform_edt(~m[y0:y1, x0:x1]) <= radius
-    return out
 
 
 def rank_regions(attr: np.ndarray, masks: np.ndarray, area_threshold: float = 1.0,
@@ -173,75 +121,6 @@ def rank_regions(attr: np.ndarray, masks: np.ndarray, area_threshold: float = 1.
             Segments(ranks.reshape(shape), np.asarray(gains, dtype=np.float32), remainder))
 
 
-class SegmentCache:
-    """Least-recently-used cache of :func:`segment_masks` results, bounded in bytes.
-
-    Keys are a BLAKE2 digest of the image's pixels (shape, dtype and bytes: identical
-    content hits whatever object holds it) with the segmentation settings (scales,
-    dilation radius), so one entry serves every unit, layer and network explained on that
-    image. Cached masks are read-only arrays.
-
-    Parameters
-    ----------
-    max_bytes : int
-        Total size of the masks kept (default 256 MiB; an image's masks take
-        ``masks.nbytes``: about 0.3 MB per segment at 224 x 224); the least recently used
-        entries are dropped beyond it, and a single result larger than it is not kept.
-
-    Attributes
-    ----------
-    hits, misses : int
-        Look-ups answered from the cache / that ran the segmentation.
-    """
-
-    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
-        self.max_bytes = check_number("max_bytes", max_bytes, 0, None, False, integer=True)
-        self._entries: "OrderedDict[Tuple[Any, ...], np.ndarray]" = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def masks(self, pixels: np.ndarray, scales: Sequence[float],
-              dilation_radius: Optional[int]) -> np.ndarray:
-        """:func:`segment_masks` of ``(H, W, 3)`` ``pixels``, from the cache when the same
-        image was segmented with the same settings."""
-        pixels = np.ascontiguousarray(pixels)
-        digest = hashlib.blake2b(pixels.tobytes(), digest_size=20).hexdigest()
-        key = (digest, pixels.shape, pixels.dtype.str, tuple(float(s) for s in scales),
-               dilation_radius)
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return hit
-            self.misses += 1
-        masks = segment_masks(pixels, scales, dilation_radius)
-        masks.flags.writeable = False
-        with self._lock:
-            if masks.nbytes <= self.max_bytes and key not in self._entries:
-                self._entries[key] = masks
-                self._bytes += masks.nbytes
-            while self._bytes > self.max_bytes:
-                self._bytes -= self._entries.popitem(last=False)[1].nbytes
-        return masks
-
-    def clear(self) -> None:
-        """Drop every entry and reset the counters."""
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
-            self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-#: The process-wide segmentation cache of :class:`XRAI` (see :class:`SegmentCache`):
-#: ``SEGMENT_CACHE.max_bytes = 0`` turns caching off, ``SEGMENT_CACHE.clear()`` empties it.
-SEGMENT_CACHE = SegmentCache()
-
-
 class XRAI(SaliencyImage):
     """XRAI (Kapishnikov et al., 2019, "XRAI: Better attributions through regions").
 
@@ -263,6 +142,12 @@ class XRAI(SaliencyImage):
         Mask dilation in pixels; None scales PAIR's 5 px at 224 x 224 with the image side.
     return_segments : bool
         Keep each map's :class:`Segments` in :attr:`last_segments`.
+    segment_workers : int or None
+        Threads that segment a call's images, ``(image, scale)`` pieces in parallel (the
+        masks are the same as one by one); None: ``torch.get_num_threads()`` at call time.
+        With more than one, or on an accelerator, a call segments its images a block of
+        :data:`IMAGES_PER_WORKER` per worker ahead of their IG passes (on an accelerator,
+        the next block while the current one's passes run), holding those blocks' masks.
 
     Attributes
     ----------
@@ -281,7 +166,7 @@ class XRAI(SaliencyImage):
                  min_pixel_diff: int = 50,
                  segment_scales: Sequence[float] = (50, 100, 150, 250, 500, 1200),
                  dilation_radius: Optional[int] = None, return_segments: bool = False,
-                 memory_budget: Budget = None) -> None:
+                 segment_workers: Optional[int] = None, memory_budget: Budget = None) -> None:
         super().__init__(dnn, from_layer, from_chn, batch_size, memory_budget)
         self.alphas, self.weights = approximation("riemann_trapezoid", steps)
         self.area_threshold = check_number("area_threshold", area_threshold, 0, 1, False)
@@ -296,12 +181,16 @@ class XRAI(SaliencyImage):
                                  isinstance(s, bool) and s > 0 for s in scales):
             raise ValueError("`segment_scales` must be a non-empty sequence of numbers > 0, "
                              f"got {segment_scales!r}")
+        if segment_workers is not None:
+            segment_workers = check_number("segment_workers", segment_workers, 1, None,
+                                           False, integer=True)
         if not isinstance(return_segments, bool):
             raise ValueError(f"`return_segments` must be True or False, got {return_segments!r}")
         self.steps, self.rows_per_map = int(steps), 2 * int(steps)
         self.segment_scales, self.dilation_radius = scales, dilation_radius
-        self.return_segments = return_segments
+        self.return_segments, self.segment_workers = return_segments, segment_workers
         self.last_segments: List[Segments] = []
+        self._job: Optional[SegmentJob] = None   # this call's block, segmented ahead
 
     def check_input(self, shape: Tuple[int, ...]) -> None:
         """:meth:`SaliencyImage.check_input`, and one row of the two IG paths' summed
@@ -313,10 +202,58 @@ class XRAI(SaliencyImage):
         self.last_segments = []  # every call starts afresh
         return super()._prepare(image, preprocessed)
 
-    def _masks(self, pixels: torch.Tensor) -> np.ndarray:
-        """Segments of one ``(3, H, W)`` CPU image, through :data:`SEGMENT_CACHE`."""
-        return SEGMENT_CACHE.masks(pixels.permute(1, 2, 0).numpy(), self.segment_scales,
-                                   self.dilation_radius)
+    def _pixels(self, x: torch.Tensor) -> List[np.ndarray]:
+        """``(H, W, 3)`` float32 CPU pixels of each preprocessed image of ``x``."""
+        scale, shift = (t.to(x) for t in pixel_affine(self.dnn))
+        pixels = ((x - shift) / scale).to("cpu", torch.float32)
+        return [p.permute(1, 2, 0).numpy() for p in pixels]
+
+    def _masks(self, pixels: np.ndarray) -> np.ndarray:
+        """Segments of one ``(H, W, 3)`` image: segmented ahead by :meth:`_run`, or through
+        :data:`SEGMENT_CACHE`."""
+        if self._job is not None:   # waits for the block's segmentation to finish
+            ready = self._job.result().get(image_key(pixels, self.segment_scales,
+                                                     self.dilation_radius))
+            if ready is not None:
+                return ready
+        return SEGMENT_CACHE.masks(pixels, self.segment_scales, self.dilation_radius)
+
+    def _overlap(self, x: torch.Tensor) -> bool:
+        """Segment the next block while this one's passes run: when they run elsewhere than
+        on the CPU threads that segment."""
+        return x.device.type != "cpu"
+
+    def _run(self, x: torch.Tensor, fn, rows_factor: int = 1,
+             net_input: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`SaliencyImage._run` a block of images at a time, each block segmented on
+        a thread pool: before its passes on the CPU (the pool and the passes share its
+        threads); on an accelerator while they run, and the next block's while they run."""
+        workers = self.segment_workers or max(1, torch.get_num_threads())
+        background = self._overlap(x)
+        if rows_factor != 1 or net_input is not None or (workers == 1 and not background):
+            return super()._run(x, fn, rows_factor, net_input)  # SmoothGrad: noisy copies
+        block, outs, resolved = IMAGES_PER_WORKER * workers, [], []
+
+        def start(b0: int):
+            xb = x[b0:b0 + block]
+            return SEGMENT_CACHE.start(self._pixels(xb), self.segment_scales,
+                                       self.dilation_radius, pool) if len(xb) else None
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="xrai-segments")
+        try:
+            job = start(0)
+            for b0 in range(0, len(x), block):
+                if not background:
+                    job.result()
+                ahead = start(b0 + block) if background else None
+                self._job = job
+                outs.append(super()._run(x[b0:b0 + block], fn))
+                resolved += self.resolved_units
+                job = ahead if background else start(b0 + block)
+        finally:
+            self._job = None
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.resolved_units = resolved
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def _attribute(self, x: torch.Tensor, units: List[Unit],
                    to_layer: Optional[str]) -> torch.Tensor:
@@ -329,7 +266,7 @@ class XRAI(SaliencyImage):
         grads = path_integral(self, both, bases, units + units, self.alphas, self.weights)
         attr = ((both - bases) * grads).unflatten(0, (2, n)).mean(0).amax(1)
         attr_cpu = attr.to("cpu", torch.float64).numpy()     # one copy per chunk
-        pixels = ((x - shift) / scale).to("cpu", torch.float32)
+        pixels = self._pixels(x)
         maps = []
         for i in range(n):
             heat, segments = rank_regions(attr_cpu[i], self._masks(pixels[i]),
