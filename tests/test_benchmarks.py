@@ -1,6 +1,7 @@
 """The benchmark scripts stay runnable: a quick suite on the demo network and a memory
 budget check, each in a subprocess as a user runs them (slow: CI runs them once)."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,11 @@ def test_eval_benchmark_times_maps_and_phases(tmp_path):
     assert all(fig[k] > 0 for k in phases)
     assert sum(fig[k] for k in phases) <= fig["eval"]
     assert (tmp_path / "o" / "eval" / "metrics.json").is_file()
+
+
+def test_xrai_benchmark_times_batched_and_single_calls(tmp_path):
+    out = run(["bench_xrai.py", "--n", "2", "--repeats", "1", "--threads", "1"], tmp_path)
+    for key in ("batched", "singles"):
+        walls = re.findall(rf"^\s*{key}\s+wall min\s+([0-9.]+) s", out, re.M)
+        assert len(walls) == 1 and float(walls[0]) > 0, out
+    assert float(out.split("singles / batched (min wall):")[1].split()[0]) > 0
