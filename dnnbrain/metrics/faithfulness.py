@@ -180,8 +180,8 @@ def road(model: Any, images: Any, maps: Any,
     The images of a chunk are imputed at all percentages at once on the scorer's device
     (:func:`~dnnbrain.metrics.imputation_batch.noisy_linear_impute_batch`: one batched
     multigrid-preconditioned conjugate-gradient solve, equal to the sparse direct solve of
-    :func:`~dnnbrain.metrics.imputation.noisy_linear_impute` within 2e-5 of the image
-    range), then scored ``batch_size`` at a time. The noise of image ``i`` at percentage
+    :func:`~dnnbrain.metrics.imputation.noisy_linear_impute` to about 1e-5 of the image
+    range; see ``docs/metrics.rst``, *Tolerance*), then scored ``batch_size`` at a time. The noise of image ``i`` at percentage
     ``j`` comes from its own seed (derived from ``seed``), drawn on the device.
     """
     if order not in ROAD_ORDERS:

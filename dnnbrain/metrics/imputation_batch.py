@@ -19,7 +19,8 @@ at most ``rtol`` times its image's range, so the error is at most ``rtol`` times
 :math:`\\lVert A^{-1} \\rVert_\\infty` (which grows with the holes) times the range;
 with the default ``rtol = 1e-6`` the measured difference from the sparse direct solve
 (:mod:`dnnbrain.metrics.imputation`) is below 2e-5 of the range
-(``tests/test_imputation_batch.py``, ``benchmarks/bench_metrics.py --quantus``).
+(``tests/test_imputation_batch.py``, ``benchmarks/bench_metrics.py --quantus``), float32
+rounding included (``docs/metrics.rst``, *Tolerance*).
 """
 from __future__ import annotations
 
@@ -72,12 +73,13 @@ def _one_thread_each(device: torch.device) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def _smooth(u: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """``scale`` times the ``[1, 2, 1] x [1, 2, 1]`` stencil of the last two axes, zero
-    outside the image."""
-    v = u * (2 * scale)
-    v[..., 1:].add_(u[..., :-1], alpha=scale)
-    v[..., :-1].add_(u[..., 1:], alpha=scale)
+def _smooth(u: torch.Tensor) -> torch.Tensor:
+    """``[1, 2, 1] x [1, 2, 1]`` stencil of the last two axes, zero outside the image
+    (integer weights: the sums round less than a pre-scaled stencil's, which matters in
+    :func:`_apply`'s cancellation when nearly every pixel is removed)."""
+    v = u * 2
+    v[..., 1:] += u[..., :-1]
+    v[..., :-1] += u[..., 1:]
     out = v * 2
     out[..., 1:, :] += v[..., :-1, :]
     out[..., :-1, :] += v[..., 1:, :]
@@ -88,7 +90,7 @@ def _apply(u: torch.Tensor, diag: torch.Tensor, m: torch.Tensor) -> torch.Tensor
     """:math:`A u` for ``u`` zero outside the removed mask ``m``: the 8-neighbour
     weights are ``_smooth / 12`` minus the centre's 1/3, so
     :math:`A u = m \\odot ((d + 1/3) u - S u / 12)` with ``diag`` = :math:`d + 1/3`."""
-    return _smooth(u, -1 / 12).addcmul_(diag, u).mul_(m)
+    return _smooth(u).mul_(-1 / 12).addcmul_(diag, u).mul_(m)
 
 
 def _diag(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
