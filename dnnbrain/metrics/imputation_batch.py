@@ -48,9 +48,9 @@ OMEGA = 1.0
 MIN_SIDE = 4
 #: Jacobi sweeps on the coarsest grid.
 COARSE_SWEEPS = 4
-#: Pixel values solved at once on a CPU (the working set of about ten such stacks stays
-#: in a 2 MiB L2 cache: 2^18 was the fastest of 2^15 ... 2^19 at 64 and 224 px, 1.3x
-#: faster than 2^19) and on an accelerator.
+#: Pixel values solved at once on a CPU (2^18 was the fastest of 2^15 ... 2^20 at 64 and
+#: 224 px: smaller chunks pay torch's per-op overhead, larger ones stream from memory)
+#: and on an accelerator.
 CHUNK = {"cpu": 2 ** 18, "other": 2 ** 27}
 
 
@@ -287,7 +287,7 @@ def linear_impute_batch(images: torch.Tensor, removed: torch.Tensor, rtol: float
         (and channel's) range of known values (see the module notes for the error bound).
     max_iter : int or None
         Conjugate-gradient iterations on the full-size grid before giving up with a
-        warning; None: ``20 (H + W) + 100``.
+        warning; None: :data:`MAX_ITER`.
 
     Returns
     -------
