@@ -15,7 +15,7 @@ setup(
     license="BSD-3-Clause",
     python_requires=">=3.9",
     packages=find_packages(include=["dnnbrain", "dnnbrain.*"]),
-    package_data={"dnnbrain": ["data/*.pth", "data/*.json", "data/stimuli/*"]},
+    package_data={"dnnbrain": ["data/*.pth", "data/*.json", "data/stimuli/*", "metrics/*.c"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.1",

@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from dnnbrain.metrics import noisy_linear_impute, road
+from dnnbrain.metrics import imputation_c, noisy_linear_impute, road
 from dnnbrain.metrics.imputation_batch import linear_impute_batch, noisy_linear_impute_batch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+NO_CC = imputation_c.library() is None
+BACKENDS = [pytest.param("c", marks=pytest.mark.skipif(NO_CC, reason="no C compiler")),
+            "torch"]
 
 
 def _masks(n: int, h: int, w: int, seed: int) -> torch.Tensor:
@@ -36,14 +39,15 @@ def _reference(x: torch.Tensor, m: torch.Tensor) -> np.ndarray:
                      for i in range(len(x))])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n, c, h, w", [(4, 3, 16, 16), (5, 3, 17, 12), (4, 1, 9, 33),
                                         (2, 2, 40, 41)])
-def test_batch_equals_sparse_direct_solve(n, c, h, w):
+def test_batch_equals_sparse_direct_solve(n, c, h, w, backend):
     gen = torch.Generator().manual_seed(n * h + w)
     x = torch.randn(n, c, h, w, generator=gen) * 2 + 1
     m = _masks(n, h, w, seed=h)
     before = x.clone()
-    got = linear_impute_batch(x, m)
+    got = linear_impute_batch(x, m, backend=backend)
     ref = _reference(x, m)
     span = float(x.max() - x.min())
     assert np.abs(got.numpy() - ref).max() <= 1e-5 * span        # brief: 1e-4 of range
@@ -177,7 +181,8 @@ def test_transfer_operators_are_adjoint(h, w):
     torch.testing.assert_close(_prolong(c, h, w), up, rtol=0, atol=1e-12)
 
 
-def test_chunks_solved_side_by_side_equal_one_by_one(monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chunks_solved_side_by_side_equal_one_by_one(monkeypatch, backend):
     """With several torch threads the CPU solve runs its chunks in a thread pool, one
     intra-op thread each: the same values as solving them one after the other, and the
     caller's thread count is restored."""
@@ -189,9 +194,9 @@ def test_chunks_solved_side_by_side_equal_one_by_one(monkeypatch):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        serial = linear_impute_batch(x, m)
+        serial = linear_impute_batch(x, m, backend=backend)
         torch.set_num_threads(3)
-        pooled = linear_impute_batch(x, m)
+        pooled = linear_impute_batch(x, m, backend=backend)
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
@@ -199,7 +204,8 @@ def test_chunks_solved_side_by_side_equal_one_by_one(monkeypatch):
     assert np.abs(serial.numpy() - _reference(x, m)).max() <= 1e-5 * float(x.max() - x.min())
 
 
-def test_nearly_everything_removed_from_a_smooth_224px_image():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nearly_everything_removed_from_a_smooth_224px_image(backend):
     """95 % of a smooth, offset 224-px image removed: float32 rounding in the stencil's
     cancellation is largest there (the integer-weight stencil: 1.0e-5 of the range; the
     same stencil pre-scaled by -1/12: 4.5e-5)."""
@@ -209,6 +215,77 @@ def test_nearly_everything_removed_from_a_smooth_224px_image():
     field = torch.nn.functional.interpolate(torch.rand(1, 1, 6, 6, generator=gen),
                                             size=(224, 224), mode="bilinear")[0, 0]
     m = (field > torch.quantile(field, 0.05))[None]
-    got = linear_impute_batch(x, m)
+    got = linear_impute_batch(x, m, backend=backend)
     span = float(x.max() - x.min())
     assert np.abs(got.numpy() - _reference(x, m)).max() <= 2e-5 * span
+
+
+@pytest.mark.skipif(NO_CC, reason="no C compiler")
+@pytest.mark.parametrize("n, c, h, w", [(3, 3, 64, 64), (2, 3, 1, 9), (2, 1, 7, 1),
+                                        (2, 2, 2, 3), (3, 3, 31, 50)])
+def test_c_solver_equals_torch_solver(n, c, h, w):
+    """The C solver runs the torch solver's algorithm: the same values to float32
+    rounding, on square, odd, one-row and one-column grids."""
+    gen = torch.Generator().manual_seed(h * w + c)
+    x = torch.randn(n, c, h, w, generator=gen) * 3 - 1
+    m = torch.rand(n, h, w, generator=gen) < torch.linspace(0.2, 0.9, n)[:, None, None]
+    m[:, 0, 0] = False                                             # keep one pixel
+    m[0, -1, -1] = True                                            # and remove a corner
+    got = linear_impute_batch(x, m, backend="c")
+    want = linear_impute_batch(x, m, backend="torch")
+    span = float(x.max() - x.min())
+    assert np.abs(got.numpy() - want.numpy()).max() <= 1e-5 * span
+    assert np.abs(got.numpy() - _reference(x, m)).max() <= 1e-5 * span
+    assert torch.equal(got[~m[:, None].expand_as(x)], x[~m[:, None].expand_as(x)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_not_converged_is_logged(backend, caplog):
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    m = _masks(2, 32, 32, seed=5)
+    with caplog.at_level("WARNING", logger="dnnbrain.metrics.imputation_batch"):
+        linear_impute_batch(x, m, max_iter=1, backend=backend)
+    assert "6 systems not converged after 1 iterations" in caplog.text
+
+
+def test_backend_errors_and_fallback_without_a_compiler(monkeypatch, tmp_path, caplog):
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    m = _masks(1, 8, 8, 1)
+    with pytest.raises(ValueError, match="`backend` must be one of"):
+        linear_impute_batch(x, m, backend="fortran")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs images on the CPU"):
+            linear_impute_batch(x.cuda(), m.cuda(), backend="c")
+    want = linear_impute_batch(x, m, backend="torch")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("DNNBRAIN_CACHE", str(tmp_path / "cache"))
+    imputation_c.library.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="dnnbrain.metrics.imputation_c"):
+            torch.testing.assert_close(linear_impute_batch(x, m), want, rtol=0, atol=0)
+        assert "using the torch solver" in caplog.text
+        with pytest.raises(OSError, match="the C solver could not be built"):
+            linear_impute_batch(x, m, backend="c")
+        assert not list((tmp_path / "cache").glob("*"))            # nothing half-written
+    finally:
+        imputation_c.library.cache_clear()
+
+
+@pytest.mark.skipif(NO_CC, reason="no C compiler")
+def test_c_solver_is_built_once_into_its_cache(monkeypatch, tmp_path):
+    import subprocess
+    monkeypatch.setenv("DNNBRAIN_CACHE", str(tmp_path))
+    imputation_c.library.cache_clear()
+    try:
+        assert imputation_c.library() is not None
+        built = list(tmp_path.glob("impute-*.so"))
+        assert len(built) == 1
+        imputation_c.library.cache_clear()
+
+        def no_compiler(*args, **kwargs):
+            raise AssertionError("compiled again")
+        monkeypatch.setattr(subprocess, "run", no_compiler)
+        assert imputation_c.library() is not None                  # loaded from the cache
+        assert list(tmp_path.glob("*")) == built
+    finally:
+        imputation_c.library.cache_clear()
