@@ -20,7 +20,9 @@ at most ``rtol`` times its image's range, so the error is at most ``rtol`` times
 with the default ``rtol = 1e-6`` the measured difference from the sparse direct solve
 (:mod:`dnnbrain.metrics.imputation`) is below 2e-5 of the range
 (``tests/test_imputation_batch.py``, ``benchmarks/bench_metrics.py --quantus``), float32
-rounding included (``docs/metrics.rst``, *Tolerance*).
+rounding included (``docs/metrics.rst``, *Tolerance*). On the CPU the same algorithm
+runs in C by default (:mod:`~dnnbrain.metrics.imputation_c`, 2-3x faster; see
+``backend``).
 """
 from __future__ import annotations
 
@@ -337,7 +339,7 @@ def linear_impute_batch(images: torch.Tensor, removed: torch.Tensor, rtol: float
         warning; None: :data:`MAX_ITER`.
     backend : {'auto', 'c', 'torch'}
         ``'c'``: the same algorithm in C (:mod:`~dnnbrain.metrics.imputation_c`, built on
-        first use; CPU images only; about 3x faster); ``'torch'``: torch operations on the
+        first use; CPU images only; 2-3x faster); ``'torch'``: torch operations on the
         images' device; ``'auto'`` (default): C for CPU images when a C compiler is
         available, torch otherwise. Both agree to about 1e-5 of the image range.
 
