@@ -167,7 +167,7 @@ def test_agrees_with_quantus_noise_free():
 def test_transfer_operators_are_adjoint(h, w):
     """Restriction is the exact transpose of prolongation (the V-cycle stays symmetric,
     which conjugate gradients need)."""
-    from dnnbrain.metrics.imputation_batch import _prolong, _restrict
+    from dnnbrain.metrics.imputation_torch import _prolong, _restrict
     gen = torch.Generator().manual_seed(h * w)
     k, l_ = (h + 1) // 2, (w + 1) // 2
     c = torch.randn(2, k, l_, generator=gen, dtype=torch.float64)
