@@ -225,16 +225,45 @@ def _pcg(u: torch.Tensor, b: torch.Tensor, m: torch.Tensor, tol: torch.Tensor,
 
 
 def rhs(x: torch.Tensor, m: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The known pixels of ``(S, H, W)`` images ``x`` (mask ``m``, float 0/1) and the
-    right-hand side :math:`b` of their systems."""
+    """The known pixels and the right-hand sides of ``(S, H, W)`` systems.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(S, H, W)`` float32 images (one channel each).
+    m : torch.Tensor
+        ``(S, H, W)`` float32 0/1, 1 on the removed pixels.
+
+    Returns
+    -------
+    known, b : torch.Tensor
+        ``(S, H, W)``: ``x`` with the removed pixels zeroed, and :math:`b` (zero outside
+        the removed pixels).
+    """
     known = x * (1 - m)
     return known, (_smooth(known) / 12 - known / 3) * m
 
 
 def solve(x: torch.Tensor, m: torch.Tensor, tol: torch.Tensor,
           max_iter: int) -> Tuple[torch.Tensor, int]:
-    """Fill the removed pixels of ``(S, H, W)`` images ``x`` with torch operations; also
-    return how many systems did not converge."""
+    """Fill the removed pixels of ``(S, H, W)`` images with torch operations.
+
+    Parameters
+    ----------
+    x, m : torch.Tensor
+        As in :func:`rhs`.
+    tol : torch.Tensor
+        ``(S,)``: a system stops once its largest residual is at most this.
+    max_iter : int
+        Conjugate-gradient iterations before a system is given up.
+
+    Returns
+    -------
+    filled : torch.Tensor
+        ``(S, H, W)`` float32, ``x`` with its removed pixels imputed.
+    failed : int
+        How many systems ``max_iter`` iterations did not solve.
+    """
     known, b = rhs(x, m)
     u, failed = _pcg(torch.zeros_like(x), b, m, tol, max_iter)
     return known + u, failed
