@@ -7,11 +7,9 @@ hooks -> forward, stopped at the target layer -> pick each row's unit -> gradien
 A method is a small subclass that overrides :meth:`SaliencyImage._attribute` (or just
 sets :attr:`SaliencyImage.relu_mode`), or a wrapper around :meth:`SaliencyImage.gradient`.
 
-The class holds the method's state and the public calls; the steps are module functions
-it calls with itself: :mod:`~dnnbrain.dnn.algo.prechecks` (checks and rows per pass before
-any work), :mod:`~dnnbrain.dnn.algo.forward` (hooks, layout, the forward to the target,
-no-grad passes), :mod:`~dnnbrain.dnn.algo.backward` (the gradient passes) and
-:mod:`~dnnbrain.dnn.algo.rows` (rows of a call, chunked).
+The class holds the state and the calls; the steps are functions it passes itself to:
+:mod:`~.prechecks` (checks, rows per pass), :mod:`~.forward` (hooks, layout, forward to the
+target, no-grad passes), :mod:`~.backward` (gradients), :mod:`~.rows` (a call's rows).
 """
 from __future__ import annotations
 
@@ -330,6 +328,7 @@ class SaliencyImage:
         input ``x``, so every perturbed copy or path point explains the same unit."""
         return forward.fixed_units(self, x, units)
 
+    # ---------------------------------------------------------------- checks (prechecks)
     def check_input(self, shape: Tuple[int, ...]) -> None:
         """Check, before any work, that this method can run at its target on inputs of
         ``shape``: what needs the input size or the network's structure (an input the
@@ -353,15 +352,12 @@ class SaliencyImage:
         prechecks.check_input(self, shape)
 
     def _probe(self, shape: Tuple[int, ...]) -> torch.Tensor:
-        """One blank input row ``(1, *shape)`` on the device, as the passes get it."""
         return prechecks.probe_input(self, shape)
 
     def _check_budget(self, x: torch.Tensor, **kw: Any) -> None:
-        """ValueError when one row and map do not fit in ``memory_budget``."""
         prechecks.check_budget(self, x, **kw)
 
     def _check_once(self, shape: Tuple[int, ...]) -> None:
-        """:meth:`check_input` once per shape and target."""
         prechecks.check_once(self, shape)
 
     @property
@@ -377,29 +373,25 @@ class SaliencyImage:
         grad, _ = self.gradient(x, units, to_layer, self.relu_mode)
         return grad
 
-    # ---------------------------------------------------------------- machinery
-    # one pass: dnnbrain.dnn.algo.forward (hooks, layout, forward to the target)
+    # ---------------------------------------------------------------- one pass (forward)
     def _target_output(self, cap: dict) -> torch.Tensor:
         return forward.target_output(self, cap)
 
     def _memory_format(self, x: torch.Tensor) -> Optional[torch.memory_format]:
-        """``torch.channels_last`` when the passes run ``x`` so, else None."""
         return forward.memory_format(self, x)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` in the layout the passes use (see :attr:`channels_last`)."""
         return forward.to_layout(self, x)
 
     def _forward(self, x: torch.Tensor) -> None:
-        """The model on ``x`` up to the target (:func:`dnnbrain.dnn.algo.forward.run_forward`)."""
         forward.run_forward(self, x)
 
     def _hooks(self, to_layer: Optional[str] = None, at_output: Optional[str] = None,
                target: Optional[str] = None, grad_from_leaf: bool = False, tap: bool = False,
                x: Optional[torch.Tensor] = None) -> ContextManager[dict]:
-        """Eval mode and the hooks of one pass (:func:`~.forward.method_hooks`)."""
         return forward.method_hooks(self, to_layer, at_output, target, grad_from_leaf, tap, x)
 
+    # ---------------------------------------------------------------- a call's rows
     def _prepare(self, image: Any, preprocessed: bool) -> Tuple[torch.Tensor, bool]:
         if self.layer is None:
             raise ValueError("no target: call set_layer(layer, unit) first")
