@@ -6,33 +6,34 @@ hooks -> forward, stopped at the target layer -> pick each row's unit -> gradien
 
 A method is a small subclass that overrides :meth:`SaliencyImage._attribute` (or just
 sets :attr:`SaliencyImage.relu_mode`), or a wrapper around :meth:`SaliencyImage.gradient`.
+
+The class holds the state and the calls; the steps are functions it passes itself to:
+:mod:`~.prechecks` (checks, rows per pass), :mod:`~.forward` (hooks, layout, forward to the
+target, no-grad passes), :mod:`~.backward` (gradients), :mod:`~.rows` (a call's rows).
 """
 from __future__ import annotations
 
 import contextlib
-from contextlib import nullcontext
-import logging
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..base import to_input
 from ..models import DNN
 from ..tokens import TokenLayout, layout_of
-from .calls import Call, CallCounts, call_index, check_call, count_calls
-from .budget import Budget, RowCost, parse_budget, probe_row_bytes, rows_within
-from .checks import SIGMA_MULTIPLIER, input_errors
+from . import backward, forward, prechecks
+from .budget import Budget, parse_budget
+from .calls import Call, CallCounts, check_call
+from .checks import SIGMA_MULTIPLIER
 from .clean import CleanOutput
-from .forward import StopForward, eval_mode, pass_hooks
+from .forward import eval_mode
 from .passes import smooth_maps
-from .relu import relu_override
 from .rows import run_rows
-from .target import (LABEL, REDUCE, Unit, check_units, from_base, labels_to_units,
-                     resolve_predicted, select, static_size)
+from .target import (LABEL, Unit, check_reduce, check_units, from_base, labels_to_units,
+                     static_size)
 
-log = logging.getLogger(__name__)
+__all__ = ["SaliencyImage", "eval_mode"]  # eval_mode: imported from here elsewhere
 
 
 class SaliencyImage:
@@ -150,12 +151,7 @@ class SaliencyImage:
             self, so calls chain.
         """
         module = self.dnn.layer2module(layer)
-        if reduce not in REDUCE:
-            hint = ("; 'maxabs' and 'sumabs' reduce a map's channels: "
-                    "dnnbrain.viz.reduce_channels(maps, 'maxabs')"
-                    if reduce in ("maxabs", "sumabs") else "")
-            raise ValueError(f"`reduce` must be one of {list(REDUCE)} (how the unit's "
-                             f"activation map becomes one number), got {reduce!r}{hint}")
+        check_reduce(reduce)
         call = check_call(call)
         self.units, self._many = check_units(from_base(unit, unit_base), static_size(module))
         self.layer, self.reduce, self.call = layer, reduce, call
@@ -284,74 +280,10 @@ class SaliencyImage:
                  weights: Optional[torch.Tensor] = None, keep_values: bool = True
                  ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Gradient of each row's unit w.r.t. the network input, ``to_layer``'s input, or
-        ``at_output``'s output.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            ``(B, 3, H, W)`` network input on the model's device.
-        units : sequence of units
-            One per row (or one for all rows).
-        to_layer : str or None
-            Differentiate w.r.t. this layer's input (DNNBrain's ``to_layer``).
-        relu_mode : None, 'guided' or 'deconv'
-            ReLU backward rule; other elementwise activations follow :attr:`activations`
-            (a ValueError naming them by default).
-        at_output : str or None
-            Differentiate w.r.t. this layer's output (CAM methods); not with ``to_layer``.
-        create_graph : bool
-            Keep the graph of the gradient (for second derivatives).
-        weights : torch.Tensor or None
-            ``(B,)`` factor on each row's score, hence on its gradient.
-        keep_values : bool
-            False: the caller needs the gradient only. With ``to_layer``/``at_output`` the
-            model then continues on the layer's own tensor instead of a copy of it (an
-            in-place layer after it may overwrite it), and ``wrt`` is None.
-
-        Returns
-        -------
-        grad : torch.Tensor
-            ``(B, ...)`` gradient, shaped like the tensor differentiated against.
-        wrt : torch.Tensor or None
-            That tensor (detached): the input, the layer input or the layer output.
-        """
-        if to_layer is not None and at_output is not None:
-            raise ValueError("give `to_layer` or `at_output`, not both")
-        for name, layer in (("to_layer", to_layer), ("at_output", at_output)):
-            if layer is not None:
-                self.dnn.layer2module(layer, name)
-        inner = to_layer is not None or at_output is not None
-        tap = inner and not keep_values and not create_graph
-        with self._hooks(to_layer, at_output, grad_from_leaf=inner, tap=tap, x=x) as cap, \
-                torch.enable_grad():
-            # with an inner leaf, nothing before it needs a graph: forward without one, the
-            # leaf's hook switches recording on (no_grad's exit restores the mode)
-            xg = self._layout(x.detach())
-            xg = xg if inner else xg.requires_grad_(True)
-            with relu_override(relu_mode, self.activations, self.dnn.model), \
-                    (torch.no_grad() if inner else nullcontext()):
-                self._forward(xg)
-            out = self._target_output(cap)
-            if self._clean is not None:
-                self._clean.saw(x, out)
-            wrt = xg
-            for key, name, what in (("input", to_layer, "`to_layer`"),
-                                    ("act", at_output, "`at_output`")):
-                if name is not None:
-                    if key not in cap:
-                        raise ValueError(f"{what} {name!r} does not run before the target "
-                                         f"layer {self.layer!r}")
-                    wrt = cap[key]
-            lay = self.target_layout(out, x)
-            if self._picked is not None and any(isinstance(u, str) for u in units):
-                self._picked.append(resolve_predicted(out.detach(), units, self.reduce, lay))
-            score = select(out, units, self.layer, self.reduce, lay)
-            if weights is not None:
-                score = score * weights.to(score.dtype)
-            (grad,) = torch.autograd.grad(score.sum(), wrt, create_graph=create_graph)
-        if "sink" in cap:  # tapped: the gradient came through the sink
-            grad = cap["sink"][0]
-        return grad, (wrt.detach() if keep_values else None)
+        ``at_output``'s output: ``(grad, wrt)`` for ``x`` ``(B, 3, H, W)`` on the device
+        (parameters: :func:`dnnbrain.dnn.algo.backward.unit_gradient`)."""
+        return backward.unit_gradient(self, x, units, to_layer, relu_mode, at_output,
+                                      create_graph, weights, keep_values)
 
     def summed_leaf(self) -> Optional[str]:
         """Where to differentiate when the input gradients of many inputs of one image
@@ -362,53 +294,21 @@ class SaliencyImage:
             self.dnn.after_stem(self.layer) else None
 
     def stem_backward(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """Input gradient ``(B, 3, H, W)`` for a gradient ``grad`` at the stem's output.
-
-        The stem is affine, so its Jacobian is the same at every input: one backward at
-        ``x`` (``(B, 3, H, W)``, one row per row of ``grad``) serves a sum of gradients
-        taken at any inputs, ``J^T sum_k g_k = sum_k J^T g_k``.
-        """
-        with self._hooks(target=self.dnn.stem, x=x) as cap, torch.enable_grad():
-            xg = self._layout(x.detach()).requires_grad_(True)
-            self._forward(xg)
-            (out,) = torch.autograd.grad(self._target_output(cap), xg, grad)
-        return out
+        """Input gradient ``(B, 3, H, W)`` for a gradient ``grad`` at the stem's output,
+        by one backward at ``x`` (:func:`dnnbrain.dnn.algo.backward.stem_backward`)."""
+        return backward.stem_backward(self, x, grad)
 
     def rows_per_pass(self, x: torch.Tensor, units: Sequence[Unit],
                       to_layer: Optional[str] = None, at_output: Optional[str] = None,
                       images: int = 0, keep_values: bool = True) -> int:
         """Rows per gradient pass: ``batch_size``, or with a ``memory_budget`` the most
-        rows of ``x``'s shape that fit (at most ``batch_size`` when it was given).
-
-        The cost of a row is measured once per input shape and leaf by a one-row probe
-        (:func:`dnnbrain.dnn.algo.budget.probe_row_bytes`, with ``to_layer``,
-        ``at_output`` and ``keep_values`` as in :meth:`gradient`). Six input-sized buffers
-        per image of the pass's caller (``images``: path ends, sums) and four per map of
-        the whole call (the maps, their concatenation and copies) are set aside first.
-        """
-        if self.memory_budget is None:
-            return self.batch_size
-        key = (tuple(x.shape[1:]), x.dtype, x.device, self.layer, self.call, self.reduce,
-               to_layer, at_output, keep_values, self.relu_mode, self._memory_format(x))
-        cost: Optional[RowCost] = self._costs.get(key)
-        if cost is None:
-            row, unit = x[:1], list(units[:1])
-            cost = probe_row_bytes(
-                self.dnn.model, lambda: self.gradient(row, unit, to_layer, self.relu_mode,
-                                                      at_output, keep_values=keep_values)[0],
-                row.numel() * row.element_size())
-            self._costs[key] = cost
-        fixed = (6 * images + 4 * self._outputs) * cost.input
-        rows = rows_within(self.memory_budget, cost, fixed,
-                           f"{type(self).__name__} at {self.layer!r}")
-        return min(rows, self.batch_size) if self._capped else rows
+        rows of ``x``'s shape that fit (:func:`dnnbrain.dnn.algo.prechecks.rows_per_pass`)."""
+        return prechecks.rows_per_pass(self, x, units, to_layer, at_output, images,
+                                       keep_values)
 
     def activation(self, x: torch.Tensor, units: Sequence[Unit]) -> torch.Tensor:
         """Scores ``(B,)`` of each row's unit, without gradients (forward stops at the layer)."""
-        with self._hooks(x=x) as cap, torch.no_grad():
-            self._forward(x)
-            out = self._target_output(cap)
-            return select(out, units, self.layer, self.reduce, self.target_layout(out, x))
+        return forward.unit_scores(self, x, units)
 
     def target_layout(self, out: torch.Tensor, x: torch.Tensor) -> Optional[TokenLayout]:
         """Token layout of the target layer's output ``out`` for the input ``x``
@@ -421,31 +321,14 @@ class SaliencyImage:
         device. The target layer's is its explained call (:meth:`set_layer`), where the
         pass stops; another's is its latest call before that (as ``at_output``), or
         without a target its first."""
-        if self.layer is not None and \
-                self.dnn.layer2module(layer) is not self.dnn.layer2module(self.layer):
-            with self._hooks(at_output=layer, x=x) as cap, torch.no_grad():
-                self._forward(x)
-                self._target_output(cap)
-                if "act" not in cap:
-                    raise ValueError(f"layer {layer!r} does not run before the target "
-                                     f"layer {self.layer!r}")
-                return cap["act"].detach()
-        with self._hooks(target=layer, x=x) as cap, torch.no_grad():
-            self._forward(x)
-            if "output" not in cap:
-                raise ValueError(f"layer {layer!r} did not run in the forward pass")
-            return cap["output"]
+        return forward.layer_output(self, x, layer)
 
     def fixed_units(self, x: torch.Tensor, units: Sequence[Unit]) -> List[Unit]:
         """``units`` with ``'predicted'`` replaced by each row's predicted unit for the clean
         input ``x``, so every perturbed copy or path point explains the same unit."""
-        if not any(isinstance(u, str) for u in units):
-            return list(units)
-        out = self.layer_output(x, self.layer)
-        if self._clean is not None:
-            self._clean.saw(x, out)
-        return resolve_predicted(out, units, self.reduce, self.target_layout(out, x))
+        return forward.fixed_units(self, x, units)
 
+    # ---------------------------------------------------------------- checks (prechecks)
     def check_input(self, shape: Tuple[int, ...]) -> None:
         """Check, before any work, that this method can run at its target on inputs of
         ``shape``: what needs the input size or the network's structure (an input the
@@ -453,7 +336,8 @@ class SaliencyImage:
         ``memory_budget`` too small for one row; per method a ``cam_layer`` after the
         target, an occlusion ``window`` larger than the image ...). Types and ranges are
         checked by the constructor already. The passes run it themselves (once per shape
-        and target), by this same code; it costs at most a few one-row passes.
+        and target), by this same code; it costs at most a few one-row passes
+        (:func:`dnnbrain.dnn.algo.prechecks.check_input`).
 
         Parameters
         ----------
@@ -465,54 +349,16 @@ class SaliencyImage:
         ValueError
             Naming the parameter, its value and what would fit.
         """
-        if not (isinstance(shape, tuple) and shape and all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
-            raise ValueError(f"`shape` must be a tuple of positive ints (C, H, W), got "
-                             f"{shape!r}")
-        if self.layer is None:
-            raise ValueError("no target: call set_layer(layer, unit) first")
-        x = self._probe(shape)
-        module = self.dnn.layer2module(self.layer)
-        with eval_mode(self.dnn.model), self._input_errors(x):
-            if isinstance(self.call, int) and self.call > 0:  # the explained call exists
-                n = count_calls(module, lambda: self.dnn.model(self._layout(x)))
-                call_index(self.call, n, self.layer)
-            else:  # counts the calls where the choice needs it (kept for the passes)
-                self._stop_call(module, x)
-            if self.relu_mode is not None and self.activations == "relu":
-                self._check_rule(x)
-        if not self.shares_units:  # as _run: perturbation methods keep batch_size
-            self._check_budget(x)
-
-    def _check_rule(self, x: torch.Tensor) -> None:
-        """One forward of the probe row ``x`` under :attr:`relu_mode`, up to the target:
-        the ValueError naming any non-ReLU elementwise activation comes before any work
-        (see :mod:`dnnbrain.dnn.algo.relu`)."""
-        with self._hooks(x=x), torch.enable_grad():
-            xg = self._layout(x.detach()).requires_grad_(True)
-            with relu_override(self.relu_mode, self.activations, self.dnn.model):
-                self._forward(xg)
+        prechecks.check_input(self, shape)
 
     def _probe(self, shape: Tuple[int, ...]) -> torch.Tensor:
-        """One blank input row ``(1, *shape)`` on the device, as the passes get it."""
-        return torch.zeros((1,) + tuple(shape), device=self.dnn.device)
+        return prechecks.probe_input(self, shape)
 
     def _check_budget(self, x: torch.Tensor, **kw: Any) -> None:
-        """:meth:`rows_per_pass` for one row and one map (``kw`` as the pass calls it):
-        ValueError when not even that fits in ``memory_budget``."""
-        if self.memory_budget is not None:
-            outputs, self._outputs = self._outputs, max(1, self._outputs)
-            try:
-                self.rows_per_pass(x, self.probe_units()[:1], **kw)
-            finally:
-                self._outputs = outputs
+        prechecks.check_budget(self, x, **kw)
 
     def _check_once(self, shape: Tuple[int, ...]) -> None:
-        key = (shape, self.layer, self.reduce, getattr(self, "call", None),
-               tuple(repr(u) for u in self.units))
-        if key not in self._checked:
-            self.check_input(shape)
-            self._checked.add(key)
+        prechecks.check_once(self, shape)
 
     @property
     def plain_gradient(self) -> bool:
@@ -527,77 +373,25 @@ class SaliencyImage:
         grad, _ = self.gradient(x, units, to_layer, self.relu_mode)
         return grad
 
-    # ---------------------------------------------------------------- machinery
+    # ---------------------------------------------------------------- one pass (forward)
     def _target_output(self, cap: dict) -> torch.Tensor:
-        if "output" not in cap:
-            if cap.get("calls"):
-                n = cap["calls"]
-                raise ValueError(f"`call` {self.call} of layer {self.layer!r}: the layer runs "
-                                 f"{n} time{'s' if n != 1 else ''} in one forward pass")
-            raise ValueError(f"target layer {self.layer!r} did not run in the forward pass")
-        return cap["output"]
-
-    def _stop_call(self, module: nn.Module, x: Optional[torch.Tensor]) -> int:
-        """The call of ``module`` the forward pass stops at (from 1): the explained call
-        of the target layer's module (:class:`~dnnbrain.dnn.algo.calls.CallCounts`:
-        counted once per input shape by a no-grad forward of one row of ``x`` where the
-        choice needs it), else the first."""
-        if self.layer is None or module is not self.dnn.layer2module(self.layer):
-            return 1
-        key = (self.layer,) if x is None else (
-            self.layer, tuple(x.shape[1:]), x.dtype, x.device, self._memory_format(x))
-        with self._input_errors(x):
-            return self._calls.stop_at(self.call, self.layer, module, key,
-                                       lambda: self.dnn.model(self._layout(x[:1].detach())),
-                                       type(self).__name__)
+        return forward.target_output(self, cap)
 
     def _memory_format(self, x: torch.Tensor) -> Optional[torch.memory_format]:
-        """``torch.channels_last`` when the passes run ``x`` channels-last (see
-        :attr:`channels_last`), else None (``x`` keeps its layout)."""
-        on = self.channels_last
-        if on is None:
-            on = self.dnn.channels_last and x.device.type == "cpu"
-        return torch.channels_last if on and x.ndim == 4 else None
+        return forward.memory_format(self, x)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` in the layout the passes use (see :attr:`channels_last`)."""
-        fmt = self._memory_format(x)
-        return x if fmt is None else x.contiguous(memory_format=fmt)
+        return forward.to_layout(self, x)
 
     def _forward(self, x: torch.Tensor) -> None:
-        """The model on ``x`` up to the target (see :meth:`_input_errors`)."""
-        with self._input_errors(x):
-            try:
-                self.dnn.model(self._layout(x))
-            except StopForward:
-                pass
+        forward.run_forward(self, x)
 
-    def _input_errors(self, x: torch.Tensor):
-        """Torch's complaints about an input the network cannot take become a ValueError
-        naming `image` (:func:`dnnbrain.dnn.algo.checks.input_errors`)."""
-        return input_errors(self.dnn, x)
-
-    @contextlib.contextmanager
     def _hooks(self, to_layer: Optional[str] = None, at_output: Optional[str] = None,
-               target: Optional[str] = None, grad_from_leaf: bool = False,
-               tap: bool = False, x: Optional[torch.Tensor] = None) -> Iterator[dict]:
-        """Eval mode and the hooks of one forward pass
-        (:func:`~dnnbrain.dnn.algo.forward.pass_hooks`): capture ``target``'s output
-        (default: the target layer) at its explained call (:meth:`_stop_call`; ``x``: the
-        pass's input, for the call count) and stop there; capture ``to_layer``'s input or
-        ``at_output``'s output at their most recent call before that as gradient leaves.
-        Both last exactly as long as the ``with`` block."""
-        target = target if target is not None else self.layer
-        if target is None:
-            raise ValueError("no target: call set_layer(layer, unit) first")
-        inner = to_layer if to_layer is not None else at_output
-        with eval_mode(self.dnn.model):
-            module = self.dnn.layer2module(target)
-            with pass_hooks(module, self._stop_call(module, x),
-                            None if inner is None else self.dnn.layer2module(inner),
-                            at_output, grad_from_leaf, tap) as cap:
-                yield cap
+               target: Optional[str] = None, grad_from_leaf: bool = False, tap: bool = False,
+               x: Optional[torch.Tensor] = None) -> ContextManager[dict]:
+        return forward.method_hooks(self, to_layer, at_output, target, grad_from_leaf, tap, x)
 
+    # ---------------------------------------------------------------- a call's rows
     def _prepare(self, image: Any, preprocessed: bool) -> Tuple[torch.Tensor, bool]:
         if self.layer is None:
             raise ValueError("no target: call set_layer(layer, unit) first")

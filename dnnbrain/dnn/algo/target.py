@@ -192,6 +192,19 @@ def check_units(unit: Any, n_units: int = 0) -> Tuple[List[Unit], bool]:
     return [check_unit(unit, n_units)], False
 
 
+def check_reduce(reduce: Any) -> str:
+    """``reduce`` (how a conv channel's map becomes one number) when it is one of
+    :data:`REDUCE`, else ValueError naming the choices (and, for ``'maxabs'`` /
+    ``'sumabs'``, where those belong: they reduce a map's channels)."""
+    if reduce not in REDUCE:
+        hint = ("; 'maxabs' and 'sumabs' reduce a map's channels: "
+                "dnnbrain.viz.reduce_channels(maps, 'maxabs')"
+                if reduce in ("maxabs", "sumabs") else "")
+        raise ValueError(f"`reduce` must be one of {list(REDUCE)} (how the unit's "
+                         f"activation map becomes one number), got {reduce!r}{hint}")
+    return reduce
+
+
 def static_size(module: torch.nn.Module) -> int:
     """Number of output units a module is known to have, or 0 when unknown."""
     for attr in ("out_channels", "out_features", "num_features"):
