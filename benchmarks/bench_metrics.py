@@ -11,6 +11,7 @@ random weights otherwise (timings are the same; values are not meaningful then).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import time
 from typing import Callable, List, Tuple
@@ -107,11 +108,14 @@ def road_vs_quantus(args: argparse.Namespace) -> int:
     agree. Both score the same thing: does the class predicted for the original image
     survive (Quantus's ROAD value); dnnbrain through a callable returning the one-hot
     prediction. Noise 0 on both
-    sides (Quantus's noise is unseeded), so the curves must be equal.
+    sides (Quantus's noise is unseeded), so the curves must be equal. dnnbrain's row is
+    its default solver (C on the CPU when a compiler is there, see
+    :mod:`dnnbrain.metrics.imputation_c`); the row below it is the same call on the torch
+    solver.
     """
     import quantus.functions.perturb_func as qpf
     from dnnbrain.dnn.models import AlexNet
-    from dnnbrain.metrics import linear_impute_batch
+    from dnnbrain.metrics import faithfulness, imputation_c, linear_impute_batch
 
     torch.manual_seed(args.seed)
     images, _, _, _ = make_dataset(args.n, args.seed)
@@ -140,10 +144,17 @@ def road_vs_quantus(args: argparse.Namespace) -> int:
         with torch.no_grad():
             return torch.nn.functional.one_hot(net(t).argmax(1), n_cls).float()
 
-    t_ours, ours = timed(lambda: road(predicted_one_hot, x, maps[:, 0],
-                                      [p / 100 for p in pcts], "morf",
-                                      units=(pred + 1).tolist(), noise=0.0,
-                                      batch_size=args.batch))
+    def ours_road():
+        return road(predicted_one_hot, x, maps[:, 0], [p / 100 for p in pcts], "morf",
+                    units=(pred + 1).tolist(), noise=0.0, batch_size=args.batch)
+    t_ours, ours = timed(ours_road)
+    default_impute = faithfulness.noisy_linear_impute_batch
+    faithfulness.noisy_linear_impute_batch = functools.partial(default_impute,
+                                                               backend="torch")
+    try:  # the same with the torch solver instead of the C one
+        t_torch, ours_torch = timed(ours_road)
+    finally:
+        faithfulness.noisy_linear_impute_batch = default_impute
     metric = _QuantusPixelROAD.make(0.0, pcts)
     t_q, _ = timed(lambda: metric(model=net, x_batch=x.numpy(), y_batch=pred.numpy(),
                                   a_batch=maps.astype(np.float32), device="cpu",
@@ -164,16 +175,21 @@ def road_vs_quantus(args: argparse.Namespace) -> int:
             diff = max(diff, float(np.abs(mine[i] - q).max()))
     span = float(x.max() - x.min())
     n_diff = int((ours.scores != metric.per_image).sum())
+    n_diff_torch = int((ours_torch.scores != metric.per_image).sum())
     print(f"ROAD MoRF, {args.n} maps, {args.net} {h}x{w}, {len(pcts)} "  # noqa: T201
           f"percentages, {torch.get_num_threads()} thread(s)\n"
           f"{'':10} {'total s':>8} {'ms/map':>8}  curve (share of predictions kept)\n"
           f"{'dnnbrain':10} {t_ours:8.2f} {1000 * t_ours / args.n:8.1f}  "
-          f"{np.round(ours.mean_curve, 3).tolist()}\n"
+          f"{np.round(ours.mean_curve, 3).tolist()}  (solver: "
+          f"{'C' if imputation_c.library() is not None else 'torch, no C compiler'})\n"
+          f"{'  torch':10} {t_torch:8.2f} {1000 * t_torch / args.n:8.1f}  "
+          f"{np.round(ours_torch.mean_curve, 3).tolist()}  (solver: torch)\n"
           f"{'quantus':10} {t_q:8.2f} {1000 * t_q / args.n:8.1f}  "
           f"{np.round(q_curve, 3).tolist()}\n"
-          f"speed-up {t_q / t_ours:.1f}x; max |curve difference| "
+          f"speed-up {t_q / t_ours:.1f}x (torch solver {t_q / t_torch:.1f}x); max |curve "
+          f"difference| "
           f"{np.abs(ours.mean_curve - q_curve).max():.3g} ({n_diff} of {ours.scores.size} "
-          f"image x percentage outcomes differ); max "
+          f"image x percentage outcomes differ; torch solver {n_diff_torch}); max "
           f"|imputation difference| "
           f"over {k} images x {len(pcts)} percentages {diff:.3g} ({diff / span:.2g} of "
           f"the input range {span:.2f})")
