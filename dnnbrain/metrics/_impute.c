@@ -10,6 +10,7 @@
  * reads (z, p) are zero outside the removed pixels and on the border.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -120,28 +121,35 @@ static void vcycle(level_t *lv, int nlev, int l, const float *r, float *z, int c
     jacobi(L, r, z, L->t);
 }
 
+/* Inner product: 8 float lanes (vectorisable without reassociation flags) per block of
+ * 1024 values, the blocks' lanes summed in double. */
 static double dot(const float *a, const float *b, size_t n)
 {
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    size_t k = 0;
-    for (; k + 4 <= n; k += 4) {
-        s0 += (double)a[k] * b[k];
-        s1 += (double)a[k + 1] * b[k + 1];
-        s2 += (double)a[k + 2] * b[k + 2];
-        s3 += (double)a[k + 3] * b[k + 3];
+    double s = 0.0;
+    for (size_t k0 = 0; k0 < n; k0 += 1024) {
+        size_t k1 = k0 + 1024 < n ? k0 + 1024 : n, k = k0;
+        float acc[8] = {0};
+        for (; k + 8 <= k1; k += 8)
+            for (int l = 0; l < 8; l++) acc[l] += a[k + l] * b[k + l];
+        for (; k < k1; k++) acc[0] += a[k] * b[k];
+        for (int l = 0; l < 8; l++) s += acc[l];
     }
-    for (; k < n; k++) s0 += (double)a[k] * b[k];
-    return (s0 + s1) + (s2 + s3);
+    return s;
 }
 
+/* max |a|: the bit patterns of |a| order as their values, and an integer max vectorises. */
 static float absmax(const float *a, size_t n)
 {
-    float m = 0.0f;
+    uint32_t m = 0;
     for (size_t k = 0; k < n; k++) {
-        float v = fabsf(a[k]);
+        uint32_t v;
+        memcpy(&v, a + k, sizeof v);  /* the bits, without breaking aliasing rules */
+        v &= 0x7fffffffu;
         m = v > m ? v : m;
     }
-    return m;
+    float out;
+    memcpy(&out, &m, sizeof out);
+    return out;
 }
 
 static void free_levels(level_t *lv, int nlev)
