@@ -289,3 +289,18 @@ def test_c_solver_is_built_once_into_its_cache(monkeypatch, tmp_path):
         assert list(tmp_path.glob("*")) == built
     finally:
         imputation_c.library.cache_clear()
+
+
+@pytest.mark.skipif(NO_CC, reason="no C compiler")
+def test_c_solve_refuses_what_it_cannot_read():
+    """The C code reads raw memory: only float32 CPU tensors of matching shapes pass."""
+    lib = imputation_c.library()
+    m, b, tol = torch.zeros(2, 4, 4), torch.zeros(6, 4, 4), torch.ones(6)
+    u, iters = imputation_c.solve(lib, m, b, b, tol, 10, 4, 4, 1.0)
+    assert torch.equal(u, b) and iters.tolist() == [0] * 6       # nothing removed
+    with pytest.raises(ValueError, match="`mask` must be a float32 CPU tensor"):
+        imputation_c.solve(lib, m.double(), b, b, tol, 10, 4, 4, 1.0)
+    with pytest.raises(ValueError, match="shapes must be"):
+        imputation_c.solve(lib, m, b[:5], b[:5], tol[:5], 10, 4, 4, 1.0)
+    with pytest.raises(ValueError, match="shapes must be"):
+        imputation_c.solve(lib, m, b, b, tol[:3], 10, 4, 4, 1.0)

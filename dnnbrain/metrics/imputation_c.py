@@ -118,9 +118,26 @@ def solve(lib: ctypes.CDLL, mask: torch.Tensor, b: torch.Tensor, start: torch.Te
         ``(M * C, H, W)`` float32, the solution on the removed pixels, 0 elsewhere.
     iters : numpy.ndarray
         ``(M * C,)`` int32 iterations; ``-1`` for systems not converged.
+
+    Raises
+    ------
+    ValueError
+        When a tensor is not float32 on the CPU, or the shapes do not match (the C code
+        reads raw memory, so nothing else is let through).
     """
-    n_mask, h, w = mask.shape
-    c = b.shape[0] // n_mask
+    named = {"mask": mask, "b": b, "start": start, "tol": tol}
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.device.type != "cpu":
+            raise ValueError(f"`{name}` must be a float32 CPU tensor, got "
+                             f"{getattr(t, 'dtype', type(t).__name__)} on "
+                             f"{getattr(t, 'device', '-')}")
+    n_mask, h, w = mask.shape if mask.ndim == 3 else (0, 0, 0)
+    c = b.shape[0] // n_mask if n_mask else 0
+    if not n_mask or b.shape != (n_mask * c, h, w) or start.shape != b.shape \
+            or tol.shape != (len(b),):
+        raise ValueError(f"shapes must be mask (M, H, W), b and start (M * C, H, W), tol "
+                         f"(M * C,); got {tuple(mask.shape)}, {tuple(b.shape)}, "
+                         f"{tuple(start.shape)}, {tuple(tol.shape)}")
     mask, b, tol = (t.contiguous() for t in (mask, b, tol))
     u = start.to(torch.float32, copy=True).contiguous()
     iters = np.zeros(b.shape[0], np.int32)
