@@ -1,6 +1,6 @@
-/* ROAD's linear imputation solved in C: the algorithm of imputation_batch.py
- * (multigrid-preconditioned conjugate gradients on the masked 3x3 stencil), fused into
- * loops over each system's grids instead of one torch operation per pass.
+/* ROAD's linear imputation solved in C: the algorithm of imputation_torch.py
+ * (multigrid-preconditioned conjugate gradients on the masked 3x3 stencil), each pass
+ * over a system's grid one loop instead of several torch operations.
  *
  * Compiled on first use by imputation_c.py (plain C99, no Python or torch headers) and
  * called through ctypes, which releases the GIL, so chunks run side by side in threads.
@@ -225,8 +225,8 @@ static int build_levels(level_t *lv, const float *mask, int h, int w, int min_si
  * mask (nmask, h, w) 0/1; b and u (nmask * c, h, w), u the start on entry (its values
  * outside the mask are ignored) and the solution on the removed pixels on exit (0
  * elsewhere); tol (nmask * c,) the max |residual| to stop at. iters (nmask * c,) gets
- * each system's iterations, -1 where max_iter did not suffice. Returns the number of systems not converged after max_iter
- * iterations, or -1 when memory ran out. */
+ * each system's iterations, -1 where max_iter did not suffice. Returns the number of
+ * systems not converged after max_iter iterations, or -1 when memory ran out. */
 int dnb_impute(int nmask, int c, int h, int w, const float *mask, const float *b, float *u,
                const float *tol, int max_iter, int min_side, int coarse_sweeps, float omega,
                int *iters)
