@@ -89,3 +89,23 @@ def test_one_summary_line_or_nothing_with_quiet(prog, stim1, run_yaml, tmp_path,
     assert lines[0].startswith(f"{prog}: ") and f"-> {out}" in lines[0], lines[0]
     assert sorted(p.name for p in Path(out).iterdir()) == sorted(
         p.name for p in quiet.iterdir())  # -q changes what is printed, not what is written
+
+
+def test_every_command_runs_as_a_module():
+    """``python -m dnnbrain.cli.<command>`` runs the command (it once exited 0 doing
+    nothing for four of the six): each module ends by calling its ``main``, and one
+    module run in a subprocess fails as the command does, with its exit status 2."""
+    import ast
+    import subprocess
+    import sys
+    for mod in (act, probe, saliency, saliency_batch, saliency_eval, topstim):
+        tree = ast.parse(Path(mod.__file__).read_text(encoding="utf-8"))
+        last = tree.body[-1]
+        assert isinstance(last, ast.If) and "__main__" in ast.unparse(last.test), mod
+        assert "sys.exit(main())" in ast.unparse(last), mod.__name__
+    res = subprocess.run([sys.executable, "-m", "dnnbrain.cli.saliency", "-net", "ShapeNet",
+                          "-layer", "fc2", "-chn", "1", "-stim", "nowhere.stim.csv",
+                          "-meth", "vanilla", "-out", "unused"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "dnn_saliency: error:" in res.stderr
+    assert "nowhere.stim.csv" in res.stderr and "Traceback" not in res.stderr

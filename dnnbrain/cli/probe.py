@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -115,3 +116,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_probe``; returns the exit status."""
     return run_command(PROG, _parser(), _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

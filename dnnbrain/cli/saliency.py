@@ -27,6 +27,7 @@ import contextlib
 import csv
 import io
 import logging
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -248,3 +249,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_saliency``; returns the exit status."""
     return run_command(PROG, _parser(), _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

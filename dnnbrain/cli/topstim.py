@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -105,3 +106,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``dnn_topstim``; returns the exit status."""
     return run_command(PROG, _parser(), _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
