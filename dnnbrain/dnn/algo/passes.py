@@ -192,11 +192,11 @@ def forward_rows(method: Any, x: torch.Tensor) -> int:
     ``batch_size`` when it was given; otherwise :data:`CPU_ROWS_PER_THREAD` per torch CPU
     thread on the CPU (ShapeNet occlusion on a busy 2-core machine: 32 rows per pass were
     the fastest on one thread, 256-512 on two; 128 per thread is 2x captum's time on one
-    thread and at least its speed on two), :data:`DEVICE_ROWS` on an accelerator. Either way at most what fits in the
-    ``memory_budget`` (or :data:`FORWARD_BYTES` when none was given), counting per row two
-    of the largest layer outputs of the pass (a layer's input and output are alive
-    together) and two input copies; the sizes are measured once per input shape by a
-    one-row forward pass.
+    thread and at least its speed on two), :data:`DEVICE_ROWS` on an accelerator. Either
+    way at most what fits in the ``memory_budget`` (or :data:`FORWARD_BYTES` when none was
+    given), counting per row two of the largest layer outputs of the pass (a layer's input
+    and output are alive together) and two input copies; the sizes are measured once per
+    input shape by a one-row forward pass.
     """
     if method._capped and method.memory_budget is None:
         return method.batch_size
