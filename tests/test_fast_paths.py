@@ -9,10 +9,13 @@ from dnnbrain.dnn import zoo
 from dnnbrain.dnn.algo import (DeconvSaliencyImage, GradientXInputImage, GuidedSaliencyImage,
                                VanillaSaliencyImage)
 from dnnbrain.dnn.algo.budget import parse_budget
+from dnnbrain.batch.unitstats import ends_network
 from dnnbrain.dnn.algo.engine import SaliencyImage
+from dnnbrain.dnn.algo.forward import input_format, input_layout
 from dnnbrain.dnn.algo.integrated import IntegratedGradients
 from dnnbrain.dnn.base import ImageTransform
 from dnnbrain.dnn.models import DNN, build_network
+from dnnbrain.probe.taps import Taps, parse_layers
 
 from .conftest import hook_dicts_empty
 
@@ -160,6 +163,35 @@ def test_channels_last_only_where_the_network_accepts_it():
     assert hook_dicts_empty(dnn.model)
     with pytest.raises(TypeError, match="`channels_last` must be a bool"):
         DNN(ViewNet(), channels_last="yes")
+
+
+def test_one_channels_last_rule_for_methods_probes_and_runs():
+    """Saliency passes, the probes' taps and a YAML run's forward pass all run 4-D CPU
+    input channels-last exactly when the network accepts it (or when told to)."""
+    x = inputs(2, 32)
+    for accepts in (True, False):
+        dnn = stem_net()
+        dnn.channels_last = accepts
+        runs = {
+            "saliency": lambda: VanillaSaliencyImage(dnn, "fc", 1).backprop(x, preprocessed=True),
+            "taps": lambda: Taps(dnn, parse_layers(dnn, ["conv2"]), "mean").run(x),
+            "run": lambda: ends_network(dnn, {"layer": "fc"}, x),
+            "taps forced": lambda: Taps(dnn, parse_layers(dnn, ["conv2"]), "mean",
+                                        channels_last=not accepts).run(x)}
+        for name, fn in runs.items():
+            seen = []
+            handle = dnn.model.register_forward_pre_hook(lambda m, a: seen.append(
+                a[0].is_contiguous(memory_format=torch.channels_last)
+                and not a[0].is_contiguous()))
+            try:
+                fn()
+            finally:
+                handle.remove()
+            want = accepts != (name == "taps forced")
+            assert seen and set(seen) == {want}, (accepts, name, seen)
+        assert input_format(dnn, x[0]) is None  # 3-D input keeps its layout
+        assert input_format(dnn, x, channels_last=True) is torch.channels_last
+        assert input_layout(dnn, x, channels_last=False) is x
 
 
 def test_channels_last_gives_the_same_maps_and_leaves_the_input(shapenet):

@@ -143,7 +143,8 @@ def test_small_report_values_links_and_no_trace(shapenet, tmp_path):
     ({"methods": ["nosuch"]}, ValueError, "`method` must be one of"),
     ({"methods": [{"name": "gradcam", "nosuch": 1}]}, TypeError, "nosuch"),
     ({"k": 7}, ValueError, "`k` must be an int in 1..6"),
-    ({"reduce": "median"}, ValueError, "`reduce` must be one of"),
+    ({"reduce": "median"}, ValueError, "`reduce` must be one of ['mean', 'max'] (how the "
+     "unit's activation map becomes one number), got 'median'"),
     ({"featvis_steps": -1}, ValueError, "`featvis_steps` must be an int >= 0"),
     ({"methods": [{"name": "vanilla", "label": "../x"}]}, ValueError,
      "`methods` label must be letters, digits"),

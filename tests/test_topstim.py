@@ -97,7 +97,8 @@ def test_errors_leave_no_hooks(shapenet, tied_inputs):
         top_stimuli(shapenet, tied_inputs, "conv4", [999], k=2, preprocessed=True)
     with pytest.raises(ValueError, match=r"`k` must be an int in 1\.\.23"):
         top_stimuli(shapenet, tied_inputs, "conv4", k=24, preprocessed=True)
-    with pytest.raises(ValueError, match="`reduce`"):
+    with pytest.raises(ValueError, match=r"^`reduce` must be one of \['mean', 'max'\] \(.*\), "
+                                         r"got 'median'$"):
         top_stimuli(shapenet, tied_inputs, "conv4", k=2, reduce="median")
     assert hook_dicts_empty(shapenet.model)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..dnn.algo.calls import call_index
-from ..dnn.algo.engine import eval_mode
+from ..dnn.algo.forward import eval_mode, input_layout
 from ..dnn.algo.target import LABEL, predicted_units, select
 from ..dnn.tokens import layout_of
 from .plan import unit_text
@@ -47,12 +47,6 @@ def unit_stats(dnn: Any, target: Mapping[str, Any], out: torch.Tensor, x: torch.
     return torch.stack(acts, 1).float().cpu().numpy(), actual
 
 
-def _model_input(dnn: Any, x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the layout the engine's passes use (channels-last on the CPU)."""
-    cl = dnn.channels_last and x.device.type == "cpu" and x.ndim == 4
-    return x.contiguous(memory_format=torch.channels_last) if cl else x
-
-
 def _outputs(dnn: Any, layers: Sequence[str], x: torch.Tensor,
              seen: Callable[[str, torch.Tensor], Any]) -> Tuple[Any, Dict[str, list]]:
     """The whole network on ``x`` without gradients: its output (a tuple's first item)
@@ -71,7 +65,7 @@ def _outputs(dnn: Any, layers: Sequence[str], x: torch.Tensor,
         with eval_mode(dnn.model), torch.no_grad():
             for layer in layers:
                 handles.append(dnn.layer2module(layer).register_forward_hook(hook(layer)))
-            logits = dnn.model(_model_input(dnn, x))
+            logits = dnn.model(input_layout(dnn, x))  # the engine's layout
     finally:
         for h in handles:
             h.remove()

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..dnn.algo.calls import check_call
 from ..dnn.algo.checks import check_number
 from ..dnn.algo.forward import eval_mode
-from ..dnn.algo.target import REDUCE
+from ..dnn.algo.target import check_reduce
 from ..dnn.base import luma
 from ..dnn.models import DNN
 from ..io.maps import save_png
@@ -230,8 +230,7 @@ def visualise(dnn: DNN, layer: str, unit: Any, n: int = 1, steps: int = 256,
     lr = check_number("lr", lr, 0)
     diversity = check_number("diversity", diversity, 0, open_low=False)
     decay = check_number("decay", decay, 0, open_low=False)
-    if reduce not in REDUCE:
-        raise ValueError(f"`reduce` must be one of {list(REDUCE)}, got {reduce!r}")
+    check_reduce(reduce)
     if diversity > 0 and n < 2:
         raise ValueError(f"`diversity` {diversity} needs n >= 2 images per unit, got n={n}")
     if diversity_layer is not None:

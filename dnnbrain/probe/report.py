@@ -45,7 +45,7 @@ import torch
 
 from ..dnn.algo.checks import METHOD_LABEL_RE as _LABEL_RE
 from ..dnn.algo.registry import get_method, make_method
-from ..dnn.algo.target import REDUCE
+from ..dnn.algo.target import check_reduce
 from ..dnn.classes import class_of
 from ..dnn.models import DNN
 from ..io.maps import atomic_write, save_npy, save_png
@@ -247,8 +247,7 @@ def probe_units(dnn: DNN, stimuli: Any, layer: str, units: Union[int, Sequence[i
     units = _check_units(units)
     spec = parse_layers(dnn, layer, units)[0]  # the layer exists, the units are in range
     methods = _check_methods(methods)
-    if reduce not in REDUCE:
-        raise ValueError(f"`reduce` must be one of {list(REDUCE)}, got {reduce!r}")
+    check_reduce(reduce)
     featvis_steps = _check_int("featvis_steps", featvis_steps, 0)
     seed = _check_int("seed", seed, 0)
     work = _on_device(dnn, device)

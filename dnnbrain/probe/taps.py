@@ -29,7 +29,7 @@ from torch import nn
 
 from ..dnn.algo.calls import Call, call_index, check_call, needs_count
 from ..dnn.algo.checks import input_errors
-from ..dnn.algo.forward import StopForward, eval_mode
+from ..dnn.algo.forward import StopForward, eval_mode, input_layout
 from ..dnn.algo.target import check_unit, reduce_channels, static_size
 from ..dnn.tokens import layout_of, patches
 
@@ -194,7 +194,8 @@ class Taps:
         Pooling over space.
     channels_last : bool or None
         Run 4-D inputs channels-last; None: on the CPU when the network accepts it
-        (``dnn.channels_last``), as the saliency engine does.
+        (``dnn.channels_last``): the saliency engine's rule,
+        :func:`~dnnbrain.dnn.algo.forward.input_format`.
     """
 
     def __init__(self, dnn: Any, specs: List[LayerSpec], pool: str = "none",
@@ -208,15 +209,6 @@ class Taps:
         self.channels_last = channels_last
         self._stops: Dict[tuple, Dict[str, int]] = {}
         self._warned: set = set()
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        on = self.channels_last
-        if on is None:
-            on = bool(getattr(self.dnn, "channels_last", False)) and x.device.type == "cpu"
-        return x.contiguous(memory_format=torch.channels_last) if on and x.ndim == 4 else x
-
-    def _input_errors(self, x: torch.Tensor):
-        return input_errors(self.dnn, x)
 
     def stops(self, x: torch.Tensor) -> Dict[str, int]:
         """The call (from 1) of each layer's module that is recorded, for inputs like
@@ -233,9 +225,9 @@ class Taps:
             mods = {id(s.module): s.module for s in counted}
             handles = [m.register_forward_hook(hook) for m in mods.values()]
             try:
-                with eval_mode(self.dnn.model), torch.no_grad(), self._input_errors(x):
+                with eval_mode(self.dnn.model), torch.no_grad(), input_errors(self.dnn, x):
                     try:
-                        self.dnn.model(self._layout(x[:1]))
+                        self.dnn.model(input_layout(self.dnn, x[:1], self.channels_last))
                     except Exception:  # noqa: BLE001 - counted up to the failure
                         if not any(n.values()):
                             raise
@@ -285,11 +277,11 @@ class Taps:
         mods = {id(s.module): s.module for s in self.specs}
         handles = []
         try:
-            with eval_mode(self.dnn.model), torch.no_grad(), self._input_errors(x):
+            with eval_mode(self.dnn.model), torch.no_grad(), input_errors(self.dnn, x):
                 for m in mods.values():
                     handles.append(m.register_forward_hook(hook))
                 try:
-                    self.dnn.model(self._layout(x))
+                    self.dnn.model(input_layout(self.dnn, x, self.channels_last))
                 except StopForward:
                     pass
         finally:

@@ -30,7 +30,7 @@ from typing import Any, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..dnn.algo.target import REDUCE, reduce_channels
+from ..dnn.algo.target import check_reduce, reduce_channels
 from ..io.stim import Stimulus
 from .activations import DEFAULT_BATCH_SIZE, Extraction
 
@@ -218,8 +218,7 @@ def top_stimuli(dnn: Any, stimuli: Any, layer: str,
     TypeError, ValueError, FileNotFoundError
         Naming the bad parameter, its value and the valid choices.
     """
-    if reduce not in REDUCE:
-        raise ValueError(f"`reduce` must be one of {list(REDUCE)}, got {reduce!r}")
+    check_reduce(reduce)
     if not isinstance(bottom, (bool, np.bool_)):
         raise TypeError(f"`bottom` must be True or False, got {bottom!r}")
     if not isinstance(keep_values, (bool, np.bool_)):

@@ -4,11 +4,13 @@ an inner layer's input or output as the tensor to differentiate against).
 
 The second half runs one pass for a saliency method (``method``, a
 :class:`~dnnbrain.dnn.algo.engine.SaliencyImage`): the memory layout of its passes
-(:func:`memory_format`, :func:`to_layout`), the call of the target layer they stop at
-(:func:`stop_call`), its hooks (:func:`method_hooks`), the forward up to the target
-(:func:`run_forward`) and the target layer's captured output (:func:`target_output`);
-then the method's no-grad passes: each row's unit score (:func:`unit_scores`), any
-layer's output (:func:`layer_output`) and ``'predicted'`` units fixed on the clean input
+(:func:`memory_format`, :func:`to_layout`: the rule of :func:`input_format` /
+:func:`input_layout`, which the probes' taps and YAML runs' forward pass use too), the
+call of the target layer they stop at (:func:`stop_call`), its hooks
+(:func:`method_hooks`), the forward up to the target (:func:`run_forward`) and the
+target layer's captured output (:func:`target_output`); then the method's no-grad
+passes: each row's unit score (:func:`unit_scores`), any layer's output
+(:func:`layer_output`) and ``'predicted'`` units fixed on the clean input
 (:func:`fixed_units`).
 
 Everything here lasts exactly as long as its ``with`` block: no hook, flag or capture
@@ -126,16 +128,21 @@ def pass_hooks(target: nn.Module, stop_at: int, inner: Optional[nn.Module] = Non
             h.remove()
 
 
-# ---------------------------------------------------------------- one pass of a method
-def memory_format(method: Any, x: torch.Tensor) -> Optional[torch.memory_format]:
-    """The memory layout ``method``'s passes run ``x`` in.
+# ---------------------------------------------------------------- a pass's memory layout
+def input_format(dnn: Any, x: torch.Tensor,
+                 channels_last: Optional[bool] = None) -> Optional[torch.memory_format]:
+    """The memory layout a pass of ``dnn`` runs ``x`` in: the one rule of the saliency
+    methods' passes (:func:`memory_format`), the probes' taps and YAML runs' forward pass.
 
     Parameters
     ----------
-    method : SaliencyImage
-        Its ``channels_last`` (None: channels-last on the CPU when ``dnn.channels_last``).
+    dnn : DNN
+        The network: its ``channels_last`` (whether it accepts channels-last input).
     x : torch.Tensor
         A pass's input.
+    channels_last : bool or None
+        Run 4-D input channels-last (True) or not (False); None: channels-last on the
+        CPU when ``dnn.channels_last``.
 
     Returns
     -------
@@ -143,17 +150,32 @@ def memory_format(method: Any, x: torch.Tensor) -> Optional[torch.memory_format]
         ``torch.channels_last`` for a 4-D ``x`` run channels-last, else None (``x``
         keeps its layout).
     """
-    on = method.channels_last
+    on = channels_last
     if on is None:
-        on = method.dnn.channels_last and x.device.type == "cpu"
+        on = dnn.channels_last and x.device.type == "cpu"
     return torch.channels_last if on and x.ndim == 4 else None
 
 
-def to_layout(method: Any, x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the layout ``method``'s passes use (:func:`memory_format`): ``x`` itself
-    when it keeps its layout or already has that one, else a contiguous copy."""
-    fmt = memory_format(method, x)
+def input_layout(dnn: Any, x: torch.Tensor,
+                 channels_last: Optional[bool] = None) -> torch.Tensor:
+    """``x`` in the layout a pass of ``dnn`` runs it in (:func:`input_format`, same
+    parameters): ``x`` itself when it keeps its layout or already has that one, else a
+    contiguous copy."""
+    fmt = input_format(dnn, x, channels_last)
     return x if fmt is None else x.contiguous(memory_format=fmt)
+
+
+# ---------------------------------------------------------------- one pass of a method
+def memory_format(method: Any, x: torch.Tensor) -> Optional[torch.memory_format]:
+    """The memory layout ``method``'s passes (a :class:`SaliencyImage`'s) run ``x`` in:
+    :func:`input_format` with the method's ``dnn`` and ``channels_last``."""
+    return input_format(method.dnn, x, method.channels_last)
+
+
+def to_layout(method: Any, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the layout ``method``'s passes use (:func:`memory_format`; see
+    :func:`input_layout`)."""
+    return input_layout(method.dnn, x, method.channels_last)
 
 
 def stop_call(method: Any, module: nn.Module, x: Optional[torch.Tensor]) -> int:

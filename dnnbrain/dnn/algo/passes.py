@@ -1,4 +1,6 @@
-"""Batched passes shared by the many-row methods, on top of :class:`SaliencyImage`.
+"""Batched passes shared by the many-row methods, on top of
+:class:`~dnnbrain.dnn.algo.engine.SaliencyImage` (``method`` below: typed ``Any``, as the
+engine builds on this module).
 
 * :func:`gradient_sums`: a weighted sum of input gradients over many inputs of each
   image (Integrated Gradients' path points, SmoothGrad's noisy copies), summed at the
@@ -10,7 +12,7 @@
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,14 +20,11 @@ import torch
 from .checks import SMOOTH_MODES, check_noise
 from .target import Unit, select
 
-if TYPE_CHECKING:  # the engine builds on this module: annotations only
-    from .engine import SaliencyImage
-
 #: ``make(i, k0, k1, out)`` writes inputs ``k0 .. k1 - 1`` of row ``i`` into ``out``.
 MakeRows = Callable[[int, int, int, torch.Tensor], torch.Tensor]
 
 
-def gradient_sums(method: SaliencyImage, x: torch.Tensor, units: Sequence[Unit],
+def gradient_sums(method: Any, x: torch.Tensor, units: Sequence[Unit],
                   per_row: int, make: MakeRows, weights: torch.Tensor,
                   relu_mode: Optional[str] = None) -> torch.Tensor:
     """``sum_k weights[k] * grad f_i(input_k of row i)`` for every row ``i`` of ``x``.
@@ -93,7 +92,7 @@ def gradient_sums(method: SaliencyImage, x: torch.Tensor, units: Sequence[Unit],
     return total if stem is None else method.stem_backward(x, total)
 
 
-def sums_pass(method: SaliencyImage) -> dict:
+def sums_pass(method: Any) -> dict:
     """How :func:`gradient_sums` asks :meth:`~SaliencyImage.rows_per_pass` for its rows
     (leaf: the affine stem, no values kept); the input checks ask the same."""
     return {"at_output": method.summed_leaf(), "keep_values": False}
@@ -113,7 +112,7 @@ def _sum_rows(g: torch.Tensor) -> torch.Tensor:
     return g.reshape(len(g), -1).sum(0).view(g.shape[1:])
 
 
-def smooth_maps(method: SaliencyImage, image: Any, n_iter: int, sigma_multiplier: float,
+def smooth_maps(method: Any, image: Any, n_iter: int, sigma_multiplier: float,
                 to_layer: Optional[str], seed: Optional[int], mode: str,
                 preprocessed: bool) -> np.ndarray:
     """:meth:`SaliencyImage.backprop_smooth` (see there for the parameters).
@@ -159,12 +158,12 @@ def smooth_maps(method: SaliencyImage, image: Any, n_iter: int, sigma_multiplier
     return method._shape(out, batch)
 
 
-def _summed(method: SaliencyImage, mode: str, to_layer: Optional[str]) -> bool:
+def _summed(method: Any, mode: str, to_layer: Optional[str]) -> bool:
     """SmoothGrad of ``method`` is a :func:`gradient_sums` (mean of plain gradients)."""
     return mode == "mean" and to_layer is None and method.plain_gradient
 
 
-def check_smooth_input(method: SaliencyImage, shape: Tuple[int, ...], mode: str,
+def check_smooth_input(method: Any, shape: Tuple[int, ...], mode: str,
                        to_layer: Optional[str] = None) -> None:
     """:meth:`SaliencyImage.check_input` for SmoothGrad of ``method``: the method's own
     checks, and one row of the passes :func:`smooth_maps` runs within its
@@ -187,17 +186,17 @@ CPU_ROWS_PER_THREAD = 128
 DEVICE_ROWS = 1024
 
 
-def forward_rows(method: SaliencyImage, x: torch.Tensor) -> int:
+def forward_rows(method: Any, x: torch.Tensor) -> int:
     """Perturbed copies per no-grad pass of :func:`perturbed_scores`.
 
     ``batch_size`` when it was given; otherwise :data:`CPU_ROWS_PER_THREAD` per torch CPU
     thread on the CPU (ShapeNet occlusion on a busy 2-core machine: 32 rows per pass were
     the fastest on one thread, 256-512 on two; 128 per thread is 2x captum's time on one
-    thread and at least its speed on two), :data:`DEVICE_ROWS` on an accelerator. Either way at most what fits in the
-    ``memory_budget`` (or :data:`FORWARD_BYTES` when none was given), counting per row two
-    of the largest layer outputs of the pass (a layer's input and output are alive
-    together) and two input copies; the sizes are measured once per input shape by a
-    one-row forward pass.
+    thread and at least its speed on two), :data:`DEVICE_ROWS` on an accelerator. Either
+    way at most what fits in the ``memory_budget`` (or :data:`FORWARD_BYTES` when none was
+    given), counting per row two of the largest layer outputs of the pass (a layer's input
+    and output are alive together) and two input copies; the sizes are measured once per
+    input shape by a one-row forward pass.
     """
     if method._capped and method.memory_budget is None:
         return method.batch_size
@@ -225,7 +224,7 @@ def forward_rows(method: SaliencyImage, x: torch.Tensor) -> int:
     return max(1, min(rows, budget // per_row))
 
 
-def perturbed_scores(method: SaliencyImage, x: torch.Tensor, units: Sequence[Unit],
+def perturbed_scores(method: Any, x: torch.Tensor, units: Sequence[Unit],
                      n_items: int, make: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                      ) -> torch.Tensor:
     """Target scores of perturbed copies, without gradients, shared across units.
