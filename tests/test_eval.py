@@ -358,3 +358,32 @@ def test_identical_maps_of_one_unit_are_scored_once(tmp_path, monkeypatch):
         same = a["road"] == b["road"] and a["deletion_insertion"] == b["deletion_insertion"]
         assert same == (i < 2)
         assert b["road"]["original"] == pytest.approx(a["road"]["original"])
+
+
+def _device_equals_cpu(run_dir, out, device):
+    """Every faithfulness curve of an evaluation on ``device`` against the same evaluation
+    on the CPU (ROAD's noise off: it is drawn on the device), and its randomisation test
+    complete (the re-initialised weights are drawn on the device too, so its correlations
+    are another sample, not the CPU's)."""
+    kw = dict(metrics=["road", "deletion_insertion", "randomisation"],
+              road_percentages=(0.3, 0.6), road_noise=0.0, n_steps=4,
+              randomisation_images=2, plots=False, progress=False)
+    cpu = evaluate_run(run_dir, device="cpu", out_dir=out / "cpu", **kw)
+    got = evaluate_run(run_dir, device=device, out_dir=out / device, **kw)
+    assert len(got["maps"]) == len(cpu["maps"]) == 8
+    for ma, mb in zip(cpu["maps"], got["maps"]):
+        for fam in ("road", "deletion_insertion"):
+            for key, val in ma[fam].items():
+                assert np.allclose(val, mb[fam][key], rtol=1e-3, atol=1e-4), (fam, key)
+    for a, b in zip(cpu["aggregate"], got["aggregate"]):
+        ra, rb = a["randomisation"], b["randomisation"]
+        assert ra["layers"] == rb["layers"] and rb["spearman_abs"][0] == 1.0
+        assert np.all(np.abs(rb["spearman_abs"]) <= 1.0) and len(rb["spearman_abs"]) == len(
+            ra["spearman_abs"])
+
+
+@pytest.mark.cuda
+def test_evaluation_on_cuda_equals_the_cpu(real_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(real_run["run"], run, ignore=shutil.ignore_patterns("eval"))
+    _device_equals_cpu(run, tmp_path, "cuda")

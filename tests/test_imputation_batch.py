@@ -1,5 +1,7 @@
 """Batched noisy linear imputation (ROAD) against the sparse direct solve, Quantus, and
 itself one by one; batched ROAD against a loop over the reference imputation."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ import torch
 from dnnbrain.metrics import imputation_c, noisy_linear_impute, road
 from dnnbrain.metrics.imputation_batch import linear_impute_batch, noisy_linear_impute_batch
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]  # gpu_check.sh runs cuda
 NO_CC = imputation_c.library() is None
 BACKENDS = [pytest.param("c", marks=pytest.mark.skipif(NO_CC, reason="no C compiler")),
             "torch"]
@@ -119,6 +121,17 @@ def test_device_agnostic(device):
     assert got.device.type == device
     ref = linear_impute_batch(x, m)
     torch.testing.assert_close(got.cpu(), ref, atol=1e-5, rtol=0)
+    # ROAD with the model on the device: the images follow it, the curves are the CPU's
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    maps = np.random.default_rng(0).random((3, 20, 18))
+    kw = dict(percentages=(0.2, 0.5, 0.8), units=[1, 2, 4], noise=0.0)
+    want = road(net, x, maps, **kw)
+    res = road(copy.deepcopy(net).to(device), x, maps, **kw)
+    assert next(net.parameters()).device.type == "cpu"               # the model untouched
+    np.testing.assert_allclose(res.scores, want.scores, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(res.original, want.original, rtol=1e-5, atol=1e-6)
 
 
 def _score(x: torch.Tensor) -> torch.Tensor:

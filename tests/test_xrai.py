@@ -303,3 +303,31 @@ def test_agrees_with_pair_xrai(dnn, workers):
                                extra_parameters=sc.XRAIParameters(steps=6))
     assert ours.shape == theirs.shape
     assert np.abs(ours - theirs).max() <= 1e-6 * np.abs(theirs).max()
+
+
+def _device_call_equals_cpu(device, monkeypatch):
+    """XRAI with the network on ``device`` against the CPU's serial call: on an
+    accelerator each block of images is segmented while the previous block's passes run;
+    the maps and segments are the CPU's (to float32 rounding of the attributions)."""
+    import dnnbrain.dnn.algo.xrai as xrai_mod
+    images = [block_image(s) for s in range(5)]
+    kw = dict(steps=3, min_pixel_diff=10, segment_scales=(100, 300),
+              return_segments=True, batch_size=6)
+    monkeypatch.setattr(xrai_mod, "SEGMENT_CACHE", xrai_mod.SegmentCache(max_bytes=0))
+    monkeypatch.setattr(xrai_mod, "IMAGES_PER_WORKER", 1)     # blocks of 2 images: 3 blocks
+    cpu = XRAI(quadrant_dnn(), "conv", [1, 2], segment_workers=1, **kw)
+    want = cpu.backprop(images)
+    on = quadrant_dnn().to(device)
+    dev = XRAI(on, "conv", [1, 2], segment_workers=2, **kw)
+    assert dev._overlap(torch.zeros(1, device=device))       # the overlapped path
+    got = dev.backprop(images)
+    assert isinstance(got, np.ndarray) and got.shape == want.shape == (5, 2, SIDE, SIDE)
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    for a, b in zip(dev.last_segments, cpu.last_segments):
+        assert np.array_equal(a.ranks, b.ranks)
+    assert hook_dicts_empty(on.model)
+
+
+@pytest.mark.cuda
+def test_on_cuda_segments_alongside_the_passes_and_equals_the_cpu(monkeypatch):
+    _device_call_equals_cpu("cuda", monkeypatch)
