@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
-__all__ = ["atomic_path", "atomic_write", "save_bytes", "existing_part", "PathLike"]
+__all__ = ["atomic_path", "atomic_write", "save_bytes", "existing_part"]
 
 logger = logging.getLogger(__name__)
 
