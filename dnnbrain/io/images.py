@@ -85,10 +85,11 @@ def _pil_bomb_check_off() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _check_path(path: PathLike, what: str) -> Path:
+def _check_path(path: PathLike, what: str, kind: str = "an image file") -> Path:
+    """``path`` as a Path; ValueError if it is a folder, FileNotFoundError if missing."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{what} file '{path}' is a folder, not an image file (a folder of "
+        raise ValueError(f"{what} file '{path}' is a folder, not {kind} (a folder of "
                          "images is a Stimulus.from_folder)")
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: '{path}'")

@@ -1,9 +1,10 @@
 """Saliency map files: ``.npy`` (raw), ``.png`` (8-bit picture) and ``.nii.gz`` (NIfTI-1).
 
-Every write is atomic: the data go to a hidden temporary file in the destination folder,
-which then replaces the destination with :func:`os.replace`. A reader (or a resumed batch
-run) therefore sees either the old file or the complete new one, never a partial file,
-and a failed write leaves neither a temporary file nor a damaged destination behind.
+Every write is atomic (:mod:`dnnbrain.io.atomic`, whose functions this module re-exports):
+the data go to a hidden temporary file in the destination folder, which then replaces the
+destination with :func:`os.replace`. A reader (or a resumed batch run) therefore sees
+either the old file or the complete new one, never a partial file, and a failed write
+leaves neither a temporary file nor a damaged destination behind.
 
 NIfTI layout convention
 -----------------------
@@ -22,24 +23,18 @@ upright, as in the image (a radiological display mirrors it left-right):
 """
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any
 
 import numpy as np
 
+from .atomic import PathLike, atomic_path, atomic_write, existing_part, save_bytes
 from .encode import npy_bytes, png_bytes
 from .images import read_image
 
-__all__ = ["atomic_path", "atomic_write", "save_bytes", "save_npy", "save_png", "save_nifti",
-           "load_nifti", "load_map", "save_map", "MAP_SUFFIXES"]
+__all__ = ["atomic_path", "atomic_write", "save_bytes", "existing_part", "save_npy", "save_png",
+           "save_nifti", "load_nifti", "load_map", "save_map", "MAP_SUFFIXES"]
 
-logger = logging.getLogger(__name__)
-
-PathLike = Union[str, "os.PathLike[str]"]
 #: File endings :func:`load_map` and :func:`save_map` understand.
 MAP_SUFFIXES = (".npy", ".png", ".nii", ".nii.gz")
 #: Size of the NIfTI-1 header's ``descrip`` field, in bytes.
@@ -64,153 +59,12 @@ def _as_numpy(arr: Any) -> np.ndarray:
     return np.asarray(arr)
 
 
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Context manager giving a temporary path that replaces ``path`` on success.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Final destination. Its folder is created if missing.
-
-    Yields
-    ------
-    pathlib.Path
-        Hidden temporary file in the same folder, ending like ``path`` (so writers that
-        choose a format from the name, such as nibabel or PIL, behave the same). Write it
-        inside the ``with`` block; on a clean exit it atomically replaces ``path``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the block ends without having created the temporary file.
-
-    Notes
-    -----
-    If the block raises (``KeyboardInterrupt`` included), the temporary file is removed,
-    ``path`` is left untouched and the exception propagates; an operating-system error
-    that names no file (a full disk) is raised again naming ``path``. Data are not ``fsync``-ed: the
-    guarantee is against crashed or interrupted processes, not power loss.
-    """
+def _checked(path: PathLike, allowed: tuple[str, ...], arr: Any) -> tuple[Path, np.ndarray]:
+    """``path`` as a Path, checked to end in one of ``allowed``, and ``arr`` as numpy."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ends = "".join(path.suffixes[-2:]) if _suffix(path) == ".nii.gz" else path.suffix
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{ends}")
-    done = False
-    try:
-        try:
-            yield tmp
-        except OSError as err:
-            if err.errno is not None and err.filename is None:  # name the file written
-                raise OSError(err.errno, err.strerror or os.strerror(err.errno),
-                                str(path)) from err
-            raise
-        try:
-            os.replace(tmp, path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"the write for '{path}' created no file at '{tmp}'") \
-                from None
-        done = True
-        logger.debug("wrote %s", path)
-    finally:
-        if not done:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+    _check_suffix("path", path, allowed)
+    return path, _as_numpy(arr)
 
-
-def existing_part(folder: PathLike) -> Optional[Path]:
-    """``folder`` itself or its nearest parent that exists (None: none does). An output
-    folder can be made there only when that is a folder, not a file."""
-    folder = Path(folder).absolute()
-    return next((q for q in (folder, *folder.parents) if q.exists()), None)
-
-
-def atomic_write(path: PathLike, write_fn: Callable[[Path], Any]) -> Path:
-    """Call ``write_fn(tmp)`` on a temporary path, then atomically move it to ``path``.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Final destination; its folder is created if missing. An existing file is replaced
-        only once ``write_fn`` has returned.
-    write_fn : callable
-        ``write_fn(tmp: pathlib.Path)`` writes the complete file at ``tmp`` (same folder
-        and ending as ``path``). Its return value is ignored.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-
-    Raises
-    ------
-    Exception
-        Whatever ``write_fn`` raises, after the temporary file has been removed (``path``
-        is then unchanged); FileNotFoundError if ``write_fn`` wrote nothing.
-
-    Examples
-    --------
-    >>> atomic_write("out/table.txt", lambda p: p.write_text("done"))  # doctest: +SKIP
-    """
-    if not callable(write_fn):
-        raise TypeError(f"`write_fn` must be callable, got {type(write_fn).__name__}")
-    with atomic_path(path) as tmp:
-        write_fn(tmp)
-    return Path(path)
-
-
-def save_bytes(path: PathLike, data: bytes, make_dirs: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically, as :func:`atomic_path` does, in the fewest
-    system calls: create the hidden temporary file, one ``write``, :func:`os.replace`.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Final destination.
-    data : bytes
-        The complete file.
-    make_dirs : bool
-        Create the folder if missing (False: the caller made it; a batch run writing
-        thousands of files makes each folder once).
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-
-    Raises
-    ------
-    OSError
-        Naming ``path`` when the system error names no file; the temporary file is
-        removed and ``path`` left as it was.
-    """
-    dest = os.fspath(path)
-    folder, name = os.path.split(dest)
-    if make_dirs and folder:
-        os.makedirs(folder, exist_ok=True)
-    ends = ".nii.gz" if name.lower().endswith(".nii.gz") else os.path.splitext(name)[1]
-    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp{ends}")
-    made = False
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        made = True
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-        made = False
-    except OSError as err:
-        if err.errno is not None and err.filename is None:  # name the file written
-            raise OSError(err.errno, err.strerror or os.strerror(err.errno), dest) from err
-        raise
-    finally:
-        if made:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    return Path(dest)
 
 
 def save_npy(path: PathLike, arr: Any) -> Path:
@@ -233,9 +87,7 @@ def save_npy(path: PathLike, arr: Any) -> Path:
     ValueError
         If ``path`` does not end in ``.npy`` or ``arr`` holds Python objects.
     """
-    path = Path(path)
-    _check_suffix("path", path, (".npy",))
-    arr = _as_numpy(arr)
+    path, arr = _checked(path, (".npy",), arr)
     if arr.dtype == object:
         raise ValueError(f"`arr` must be a numeric array, got dtype object for '{path}'")
 
@@ -290,9 +142,8 @@ def save_png(path: PathLike, img: Any) -> Path:
     TypeError
         On any other dtype.
     """
-    path = Path(path)
-    _check_suffix("path", path, (".png",))
-    pixels = _to_uint8_image(_as_numpy(img))
+    path, arr = _checked(path, (".png",), img)
+    pixels = _to_uint8_image(arr)
     # zlib level 1, no row filters (dnnbrain.io.encode): maps are re-rendered at will,
     # encoding time matters more than size
     return save_bytes(path, png_bytes(pixels))
@@ -334,9 +185,7 @@ def save_nifti(path: PathLike, map: Any, description: str = "") -> Path:  # noqa
     """
     import nibabel as nib
 
-    path = Path(path)
-    _check_suffix("path", path, (".nii", ".nii.gz"))
-    arr = _as_numpy(map)
+    path, arr = _checked(path, (".nii", ".nii.gz"), map)
     if arr.ndim not in (2, 3) or arr.dtype.kind not in "biuf":
         raise ValueError("`map` must be a real (H, W) or (C, H, W) array, got shape "
                          f"{arr.shape} and dtype {arr.dtype}")

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from .images import read_image
+from .images import _check_path, read_image
 from .maps import atomic_write
 
 __all__ = ["Stimulus", "demo_stimulus_file", "STIM_TYPES", "HEADER_KEYS", "IMAGE_EXTENSIONS"]
@@ -208,12 +208,7 @@ class Stimulus:
         FileNotFoundError if ``fname`` is missing, ValueError naming file, line (and column)
         if malformed: ``"a.stim.csv line 5: expected 5 values (stimID,label), got 3"``.
         """
-        fname = Path(fname)
-        if fname.is_dir():
-            raise ValueError(f"stimulus file '{fname}' is a folder, not a .stim.csv file (a "
-                             "folder of images is a Stimulus.from_folder)")
-        if not fname.is_file():
-            raise FileNotFoundError(f"stimulus file not found: '{fname}'")
+        fname = _check_path(fname, "stimulus", "a .stim.csv file")
         try:
             lines = fname.read_text(encoding="utf-8-sig").splitlines()
         except UnicodeDecodeError as err:

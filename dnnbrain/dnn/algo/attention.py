@@ -24,7 +24,7 @@ from ..models import DNN
 from ..tokens import patch_stride, prefix_count
 from .attention_capture import SEARCHED, attention_modules, capture_attention
 from .budget import Budget
-from .checks import no_to_layer
+from .checks import TARGET_PARAMS, no_to_layer
 from .engine import SaliencyImage
 from .target import Unit, select
 
@@ -173,13 +173,7 @@ class _AttentionMap(SaliencyImage):
         self.token_grid(probs[0].shape[-1], tuple(shape[-2:]))
 
 
-_PARAMS = """
-    Parameters
-    ----------
-    dnn : DNN
-        The network.
-    from_layer, from_chn : optional
-        Target ``(layer, unit)``, as :meth:`SaliencyImage.set_layer`; units count from 1.
+_PARAMS = TARGET_PARAMS + """
     batch_size : int or None
         Rows (image x unit) per pass.
     attention_layers : list of str or None

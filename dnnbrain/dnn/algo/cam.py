@@ -22,7 +22,7 @@ from ..tokens import grid_map, layout_of, patch_embed, patches
 from .budget import Budget
 from .engine import SaliencyImage
 from .passes import perturbed_scores
-from .checks import no_to_layer
+from .checks import TARGET_PARAMS, no_to_layer
 from .target import Unit, select, static_size
 
 log = logging.getLogger(__name__)
@@ -232,13 +232,7 @@ class _CAM(SaliencyImage):
         raise NotImplementedError
 
 
-_PARAMS = """
-    Parameters
-    ----------
-    dnn : DNN
-        The network.
-    from_layer, from_chn : optional
-        Target ``(layer, unit)``, as :meth:`SaliencyImage.set_layer`; units count from 1.
+_PARAMS = TARGET_PARAMS + """
     batch_size : int or None
         Rows per forward pass (None: 32, or what fits in ``memory_budget``).
     cam_layer : str or None

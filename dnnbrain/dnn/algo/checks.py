@@ -19,6 +19,15 @@ SMOOTH_MODES = ("mean", "squared", "vargrad")
 #: preprocessed image's ``max - min``. 0.1 is DNNBrain's ``backprop_smooth`` default (the
 #: contract); PAIR's ``stdev_spread`` default is 0.15 -- pass ``sigma_multiplier=0.15``.
 SIGMA_MULTIPLIER = 0.1
+#: The docstring lines on the network and target that open the Parameters section of
+#: several methods (CAMs, attention maps); each module appends its own parameters.
+TARGET_PARAMS = """
+    Parameters
+    ----------
+    dnn : DNN
+        The network.
+    from_layer, from_chn : optional
+        Target ``(layer, unit)``, as :meth:`SaliencyImage.set_layer`; units count from 1."""
 
 
 def no_to_layer(to_layer: Optional[str], method: str) -> None:

@@ -204,9 +204,7 @@ class DeconvReLU(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return torch.relu(x)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return grad.clamp(min=0)
+    backward = _RectifyGrad.backward  # the gradient rectified, the input ignored
 
 
 class DeconvReLUInplace(torch.autograd.Function):
