@@ -309,11 +309,11 @@ def test_c_solve_refuses_what_it_cannot_read():
     """The C code reads raw memory: only float32 CPU tensors of matching shapes pass."""
     lib = imputation_c.library()
     m, b, tol = torch.zeros(2, 4, 4), torch.zeros(6, 4, 4), torch.ones(6)
-    u, iters = imputation_c.solve(lib, m, b, b, tol, 10, 4, 4, 1.0)
+    u, iters = imputation_c.solve(lib, m, b, tol, 10, 4, 4, 1.0)
     assert torch.equal(u, b) and iters.tolist() == [0] * 6       # nothing removed
     with pytest.raises(ValueError, match="`mask` must be a float32 CPU tensor"):
-        imputation_c.solve(lib, m.double(), b, b, tol, 10, 4, 4, 1.0)
+        imputation_c.solve(lib, m.double(), b, tol, 10, 4, 4, 1.0)
     with pytest.raises(ValueError, match="shapes must be"):
-        imputation_c.solve(lib, m, b[:5], b[:5], tol[:5], 10, 4, 4, 1.0)
+        imputation_c.solve(lib, m, b[:5], tol[:5], 10, 4, 4, 1.0)
     with pytest.raises(ValueError, match="shapes must be"):
-        imputation_c.solve(lib, m, b, b, tol[:3], 10, 4, 4, 1.0)
+        imputation_c.solve(lib, m, b, tol[:3], 10, 4, 4, 1.0)

@@ -222,9 +222,9 @@ static int build_levels(level_t *lv, const float *mask, int h, int w, int min_si
 }
 
 /* Solve nmask * c systems (c right-hand sides per mask), h x w each, unpadded row-major:
- * mask (nmask, h, w) 0/1; b and u (nmask * c, h, w), u the start on entry (its values
- * outside the mask are ignored) and the solution on the removed pixels on exit (0
- * elsewhere); tol (nmask * c,) the max |residual| to stop at. iters (nmask * c,) gets
+ * mask (nmask, h, w) 0/1; b and u (nmask * c, h, w), u written with the solution on
+ * the removed pixels (0 elsewhere), each system starting from 0; tol (nmask * c,) the max
+ * |residual| to stop at. iters (nmask * c,) gets
  * each system's iterations, -1 where max_iter did not suffice. Returns the number of
  * systems not converged after max_iter iterations, or -1 when memory ran out. */
 int dnb_impute(int nmask, int c, int h, int w, const float *mask, const float *b, float *u,
@@ -245,14 +245,13 @@ int dnb_impute(int nmask, int c, int h, int w, const float *mask, const float *b
             const size_t s = (size_t)g * c + ch;
             const float *bs = b + s * h * w;
             float *us = u + s * h * w;
-            for (int i = 0; i < h; i++)  /* start, masked; right-hand side */
+            memset(x, 0, sizeof(float) * n);  /* start from 0: the residual is b */
+            memset(r, 0, sizeof(float) * n);
+            for (int i = 0; i < h; i++)
                 for (int j = 0; j < w; j++) {
                     size_t k = (size_t)(i + 1) * W + j + 1;
-                    x[k] = L->mw[k] != 0.0f ? us[(size_t)i * w + j] : 0.0f;
-                    p[k] = bs[(size_t)i * w + j];
+                    if (L->mw[k] != 0.0f) r[k] = bs[(size_t)i * w + j];
                 }
-            apply(L, x, ap);
-            for (size_t k = 0; k < n; k++) r[k] = L->mw[k] != 0.0f ? p[k] - ap[k] : 0.0f;
             vcycle(lv, nlev, 0, r, z, coarse_sweeps);
             memcpy(p, z, sizeof(float) * n);
             double rz = dot(r, z, n);

@@ -55,8 +55,8 @@ def _solve_c(lib: Any, x: torch.Tensor, m: torch.Tensor, mask: torch.Tensor,
     """The same with the C solver; ``mask`` ``(M, H, W)`` holds the masks shared by the
     ``S / M`` channels of each image."""
     known, b = imputation_torch.rhs(x, m)
-    u, iters = imputation_c.solve(lib, mask, b, torch.zeros_like(x), tol, max_iter,
-                                  MIN_SIDE, COARSE_SWEEPS, OMEGA)
+    u, iters = imputation_c.solve(lib, mask, b, tol, max_iter, MIN_SIDE, COARSE_SWEEPS,
+                                  OMEGA)
     return known + u, int((iters < 0).sum())
 
 

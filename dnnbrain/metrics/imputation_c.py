@@ -106,11 +106,11 @@ def _ptr(t: torch.Tensor) -> "ctypes._Pointer":
     return ctypes.cast(t.data_ptr(), _F)
 
 
-def solve(lib: ctypes.CDLL, mask: torch.Tensor, b: torch.Tensor, start: torch.Tensor,
-          tol: torch.Tensor, max_iter: int, min_side: int, coarse_sweeps: int,
+def solve(lib: ctypes.CDLL, mask: torch.Tensor, b: torch.Tensor, tol: torch.Tensor,
+          max_iter: int, min_side: int, coarse_sweeps: int,
           omega: float) -> "tuple[torch.Tensor, np.ndarray]":
     """Solve ``(M * C, H, W)`` systems on CPU float32 tensors, ``C`` right-hand sides
-    per mask of ``mask`` ``(M, H, W)`` (0/1), from ``start``; ``tol`` ``(M * C,)``.
+    per mask of ``mask`` ``(M, H, W)`` (0/1), each from 0; ``tol`` ``(M * C,)``.
 
     Returns
     -------
@@ -125,7 +125,7 @@ def solve(lib: ctypes.CDLL, mask: torch.Tensor, b: torch.Tensor, start: torch.Te
         When a tensor is not float32 on the CPU, or the shapes do not match (the C code
         reads raw memory, so nothing else is let through).
     """
-    named = {"mask": mask, "b": b, "start": start, "tol": tol}
+    named = {"mask": mask, "b": b, "tol": tol}
     for name, t in named.items():
         if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.device.type != "cpu":
             raise ValueError(f"`{name}` must be a float32 CPU tensor, got "
@@ -133,13 +133,11 @@ def solve(lib: ctypes.CDLL, mask: torch.Tensor, b: torch.Tensor, start: torch.Te
                              f"{getattr(t, 'device', '-')}")
     n_mask, h, w = mask.shape if mask.ndim == 3 else (0, 0, 0)
     c = b.shape[0] // n_mask if n_mask else 0
-    if not n_mask or b.shape != (n_mask * c, h, w) or start.shape != b.shape \
-            or tol.shape != (len(b),):
-        raise ValueError(f"shapes must be mask (M, H, W), b and start (M * C, H, W), tol "
-                         f"(M * C,); got {tuple(mask.shape)}, {tuple(b.shape)}, "
-                         f"{tuple(start.shape)}, {tuple(tol.shape)}")
+    if not n_mask or b.shape != (n_mask * c, h, w) or tol.shape != (len(b),):
+        raise ValueError(f"shapes must be mask (M, H, W), b (M * C, H, W), tol (M * C,); "
+                         f"got {tuple(mask.shape)}, {tuple(b.shape)}, {tuple(tol.shape)}")
     mask, b, tol = (t.contiguous() for t in (mask, b, tol))
-    u = start.to(torch.float32, copy=True).contiguous()
+    u = torch.empty(b.shape, dtype=torch.float32)  # every value written by the C code
     iters = np.zeros(b.shape[0], np.int32)
     failed = lib.dnb_impute(n_mask, c, h, w, _ptr(mask), _ptr(b), _ptr(u), _ptr(tol),
                             int(max_iter), int(min_side), int(coarse_sweeps), float(omega),
